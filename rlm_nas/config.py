@@ -1,0 +1,65 @@
+"""Model configuration: a frozen dataclass and named presets (``make_config``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the encoder-decoder RLM. Every field is checked on construction.
+
+    The decoder only writes ~7 tokens, so it stays shallow; the encoder carries the capacity.
+    """
+
+    d_model: int = 128
+    encoder_layers: int = 3
+    decoder_layers: int = 2
+    heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.0
+    #: Longer inputs are truncated (with a warning): size it to the longest space's texts.
+    max_input_tokens: int = 1024
+    #: BPE vocabulary size to train the text tokenizer with.
+    text_vocab_size: int = 4096
+    exponent_digits: int = 1
+    mantissa_digits: int = 4
+    #: T5 relative-position buckets (bidirectional in the encoder, causal in the decoder).
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "dropout":
+                if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                    raise ValueError(f"ModelConfig.dropout must be a float in [0, 1), got {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"ModelConfig.{f.name} must be a positive int, got {v!r}")
+        if self.d_model % self.heads:
+            raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+
+    @property
+    def d_kv(self) -> int:
+        return self.d_model // self.heads
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Trains in seconds; for tests.
+    "tiny": ModelConfig(d_model=64, encoder_layers=2, decoder_layers=1, heads=4, d_ff=128, max_input_tokens=512, text_vocab_size=512),
+    # Default: trains on ~20K architectures x ~25 metrics on a 2-core CPU well within an hour.
+    "small": ModelConfig(),
+    # For a GPU or a longer CPU run.
+    "base": ModelConfig(d_model=256, encoder_layers=6, decoder_layers=2, heads=8, d_ff=1024, dropout=0.1, text_vocab_size=8192),
+}
+
+
+def make_config(name: str = "small", **overrides) -> ModelConfig:
+    """The preset ``name`` (``tiny``, ``small``, ``base``), with any field overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model config {name!r}; allowed: {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)}; fields: {[f.name for f in dataclasses.fields(ModelConfig)]}")
+    return dataclasses.replace(PRESETS[name], **overrides)
