@@ -202,6 +202,10 @@ def _worker(conn, settings: Settings) -> None:
             conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
+class WorkerError(RuntimeError):
+    """The timing worker cannot start: no candidate could be measured, so the run stops."""
+
+
 class Timer:
     """Times models in a worker process, killed and replaced when a candidate passes the timeout.
 
@@ -217,12 +221,20 @@ class Timer:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")  # no fork: the parent may hold torch/OpenMP threads
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker, args=(child, self.settings), daemon=True)
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(120) or self._conn.recv() != "ready":
+        proc = ctx.Process(target=_worker, args=(child, self.settings), daemon=True)
+        try:
+            proc.start()
+            self._proc = proc
+            child.close()
+            ready = self._conn.poll(120) and self._conn.recv() == "ready"
+        except (EOFError, RuntimeError):  # it died while starting / spawning is impossible here
+            ready = False
+        if not ready:
             self.close()
-            raise RuntimeError("the timing worker did not start")
+            raise WorkerError(
+                "the timing worker did not start. A script that calls rlm_nas.measure needs an "
+                "`if __name__ == '__main__':` guard, since the worker is spawned (it re-imports the script)."
+            )
 
     def time(self, model_bytes: bytes) -> list[float]:
         """Timed runs (ms); raises TimeoutError past ``settings.timeout``, RuntimeError on failure."""
@@ -247,6 +259,7 @@ class Timer:
             if self._proc.is_alive():
                 self._proc.kill()
             self._proc.join()
+        if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = None
 
@@ -277,6 +290,8 @@ def measure(candidates: Sequence[Candidate], settings: Settings, desc: str = "me
             try:
                 r.times_ms = timer.time(with_random_weights(build()).SerializeToString())
                 bar.set_postfix(ms=f"{r.median:.3g}", cv=f"{r.cv:.3f}")
+            except WorkerError:
+                raise  # not this candidate's fault: every later one would fail the same way
             except Exception as e:  # noqa: BLE001  -- logged and skipped, never aborts the campaign
                 r.error = str(e) if isinstance(e, (TimeoutError, RuntimeError)) else f"{type(e).__name__}: {e}"
                 log.warning("skipped %s: %s", arch, r.error)
