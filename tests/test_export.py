@@ -64,3 +64,38 @@ def test_count_flops_falls_back_when_forward_makes_cpu_tensors():
 def test_count_flops_rejects_bad_shape():
     with pytest.raises(ValueError, match="input_shape"):
         count_flops(SmallNet(), (3, 0, 32))
+
+
+# --- export_onnx -------------------------------------------------------------------------------
+def test_export_onnx_small_cnn_matches_torch_and_has_text():
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from search_spaces import export_onnx, onnx_to_text
+
+    net = SmallNet().train()
+    x = torch.randn(2, 3, 32, 32)
+    model = export_onnx(net, x)
+    assert net.training, "the module's mode must be restored"
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        ref = net.eval()(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    text = onnx_to_text(model)
+    assert text.startswith("main: 3x32x32\n")
+    assert "Conv k3 p1 w > 8x32x32" in text  # 3 -> 8 channels, with bias
+    assert "Conv k3 s2 p1 g8" in text and text.rstrip().endswith("out")
+
+
+def test_export_onnx_errors():
+    from search_spaces import export_onnx
+
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        export_onnx("not a module", torch.zeros(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="example_input must be a tensor"):
+        export_onnx(SmallNet(), [1, 2, 3])
+    with pytest.raises(ValueError, match=r"fails on example_input of shape \(1, 5, 32, 32\)"):
+        export_onnx(SmallNet(), torch.zeros(1, 5, 32, 32))
