@@ -8,12 +8,13 @@ initializers (so ONNX Runtime folds BatchNorm into Conv and pre-packs weights as
 deployment; the values do not change dense float latency), and it is timed in a worker process:
 ``--warmup`` untimed runs, then ``--repeats`` timed runs, of which the median (ms) is kept.
 
-Output: ``FILE.csv`` is exactly ``arch,value`` (the fine-tune CSV format; ``arch`` is the space's
-native string, csv-quoted where needed). Everything else goes to the sidecar ``FILE.meta.json``:
-the metric name ``latency:<device>``, the run settings (provider, threads, affinity, CPU model,
-batch, onnxruntime version, ...), the coefficient of variation of every measured candidate and
-the reason of every failure. Running again with the same ``--out`` resumes: rows already in the
-CSV are skipped, so a crash or Ctrl-C loses at most the candidate in flight.
+Output: ``FILE.csv`` with columns ``arch,value,space,metric,cv`` (value: median ms; metric:
+``latency:<device>``; cv: std/mean of the timed runs; ``arch`` is the space's native string,
+csv-quoted where needed). ``arch,value`` come first, so it is a fine-tune CSV, and with
+``space,metric`` it is also a generic CSV. The run settings (provider, threads, affinity, CPU
+model, batch, onnxruntime version, ...) and the reason of every failure go to the JSON sidecar
+``FILE.meta``. Running again with the same ``--out`` resumes: rows already in the CSV are skipped,
+so a crash or Ctrl-C loses at most the candidate in flight.
 """
 
 from __future__ import annotations
@@ -301,32 +302,42 @@ def measure(candidates: Sequence[Candidate], settings: Settings, desc: str = "me
     return results
 
 
-def _meta_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".csv") + ".meta.json")
+#: CSV columns. ``arch,value`` first: the fine-tune loader (``data.load_arch_values``) reads those
+#: and ignores the rest; ``space,metric`` make the same file a generic ``space,arch,metric,value``
+#: CSV (``data.load_generic`` / ``load_dir``); ``cv`` is the candidate's noise, ignored by both.
+COLUMNS = ["arch", "value", "space", "metric", "cv"]
+
+
+def meta_path(out: Path) -> Path:
+    """The sidecar of ``out``: ``x.csv`` -> ``x.meta`` (JSON). Not ``.json``: ``data.load_dir``
+    reads every ``*.json`` in a data folder as an NDS sweep, and these CSVs belong in such folders."""
+    return Path(out).with_suffix(".meta")
 
 
 def measure_to_csv(candidates: Sequence[Candidate], out: Path, settings: Settings, meta: dict) -> list[Result]:
-    """Measure ``candidates`` into ``out`` (``arch,value``) and its sidecar; resume if it exists.
+    """Measure ``candidates`` into ``out`` (:data:`COLUMNS`) and its sidecar; resume if it exists.
 
-    ``meta`` holds the run description (at least the :data:`RESUME_KEYS`); a resumed run must
-    match the existing sidecar on those keys. Rows are appended and flushed one by one.
+    ``meta`` describes the run (at least the :data:`RESUME_KEYS`); a resumed run must match the
+    existing sidecar on those keys. Rows are appended and flushed one by one; the sidecar also
+    keeps the reason of every failure (failed candidates are tried again on resume).
     """
-    out, meta_file = Path(out), _meta_path(Path(out))
+    out, side = Path(out), meta_path(out)
     done: set[str] = set()
-    old: dict = {"cv": {}, "failed": {}}
+    failed: dict[str, str] = {}
     if out.exists():
-        if not meta_file.exists():
-            raise ValueError(f"{out} exists without {meta_file.name}: cannot tell how it was measured, so not appending to it")
-        old = json.loads(meta_file.read_text())
+        if not side.exists():
+            raise ValueError(f"{out} exists without {side.name}: cannot tell how it was measured, so not appending to it")
+        old = json.loads(side.read_text())
         diff = {k: (old.get(k), meta.get(k)) for k in RESUME_KEYS if old.get(k) != meta.get(k)}
         if diff:
             shown = "; ".join(f"{k}: file has {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"cannot resume {out}: settings differ ({shown}); use another --out")
         with out.open(newline="") as f:
             reader = csv.reader(f)
-            if next(reader, None) != ["arch", "value"]:
-                raise ValueError(f"{out} does not start with the header 'arch,value'")
+            if next(reader, None) != COLUMNS:
+                raise ValueError(f"{out} does not start with the header {','.join(COLUMNS)}")
             done = {row[0] for row in reader if row}
+        failed = old.get("failed", {})
     # Same seed, same sequence: keep the first occurrence of each arch not yet in the file.
     todo, seen = [], set(done)
     for arch, build in candidates:
@@ -335,26 +346,30 @@ def measure_to_csv(candidates: Sequence[Candidate], out: Path, settings: Setting
             todo.append((arch, build))
     if done:
         log.info("resuming %s: %d already measured, %d to go", out, len(done), len(todo))
-    meta = {**meta, "cv": old.get("cv", {}), "failed": old.get("failed", {})}
+    meta = {**meta, "failed": failed}
+
+    def save_meta() -> None:
+        tmp = side.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(side)  # atomic: a crash never leaves a half-written sidecar
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    save_meta()
     new_file = not out.exists()
     with out.open("a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         if new_file:
-            writer.writerow(["arch", "value"])
+            writer.writerow(COLUMNS)
 
         def save(r: Result) -> None:
             if r.error is None:
-                writer.writerow([r.arch, f"{r.median:.6g}"])
+                writer.writerow([r.arch, f"{r.median:.6g}", meta["space"], meta["metric"], f"{r.cv:.4f}"])
                 f.flush()
-                meta["cv"][r.arch] = round(r.cv, 5)
-                meta["failed"].pop(r.arch, None)
+                if failed.pop(r.arch, None) is not None:
+                    save_meta()
             else:
-                meta["failed"][r.arch] = r.error
-            tmp = meta_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(meta, indent=1))
-            tmp.replace(meta_file)  # atomic: a crash never leaves a half-written sidecar
+                failed[r.arch] = r.error
+                save_meta()
 
         return measure(todo, settings, on_result=save)
 
@@ -412,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=non_negative, default=d.warmup, help="untimed runs per candidate")
     p.add_argument("--repeats", type=positive(int), default=d.repeats, help="timed runs per candidate (median kept)")
     p.add_argument("--timeout", type=positive(float), default=d.timeout, help="seconds per candidate before it is skipped")
-    p.add_argument("--out", type=Path, help="CSV to write (arch,value) or resume; sidecar FILE.meta.json")
+    p.add_argument("--out", type=Path, help="CSV to write or resume (arch,value,space,metric,cv); JSON sidecar FILE.meta")
     p.add_argument("--check", action="store_true", help=f"measure the candidates twice, print the Spearman (target >= {CHECK_TARGET}); writes nothing")
     return p
 
