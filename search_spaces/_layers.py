@@ -40,13 +40,13 @@ class Conv:
     groups: int = 1
 
     def module(self) -> nn.Module:
-        return nn.Conv2d(self.cin, self.cout, self.k, self.stride, self.k // 2, groups=self.groups, bias=False)
+        pad = self.k // 2
+        return nn.Conv2d(self.cin, self.cout, self.k, self.stride, pad, groups=self.groups, bias=False)
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
         w = gb.weight(prefix + "weight", (self.cout, self.cin // self.groups, self.k, self.k))
-        return gb.node(
-            "Conv", [x, w], kernel_shape=[self.k] * 2, strides=[self.stride] * 2, pads=[self.k // 2] * 4, group=self.groups
-        )
+        k, s, pad = [self.k] * 2, [self.stride] * 2, [self.k // 2] * 4
+        return gb.node("Conv", [x, w], kernel_shape=k, strides=s, pads=pad, group=self.groups)
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,12 @@ class AvgPool:
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
         return gb.node(
-            "AveragePool", [x], kernel_shape=[self.k] * 2, strides=[self.stride] * 2, pads=[self.pad] * 4, count_include_pad=0
+            "AveragePool",
+            [x],
+            kernel_shape=[self.k] * 2,
+            strides=[self.stride] * 2,
+            pads=[self.pad] * 4,
+            count_include_pad=0,
         )
 
 
@@ -167,7 +172,8 @@ class Residual:
         return _Residual(self.body.module(), self.shortcut.module())
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
-        return gb.node("Add", [self.body.emit(gb, x, prefix + "body."), self.shortcut.emit(gb, x, prefix + "shortcut.")])
+        body, shortcut = self.body.emit(gb, x, prefix + "body."), self.shortcut.emit(gb, x, prefix + "shortcut.")
+        return gb.node("Add", [body, shortcut])
 
 
 class _Cell(nn.Module):
@@ -196,7 +202,9 @@ class Cell:
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
         nodes = [x]
         for j in range(1, 1 + max(to for _, to, _ in self.edges)):
-            terms = [edge.emit(gb, nodes[i], f"{prefix}edges.{k}.") for k, (i, to, edge) in enumerate(self.edges) if to == j]
+            terms = [
+                edge.emit(gb, nodes[i], f"{prefix}edges.{k}.") for k, (i, to, edge) in enumerate(self.edges) if to == j
+            ]
             nodes.append(functools.reduce(lambda a, b: gb.node("Add", [a, b]), terms))
         return nodes[-1]
 

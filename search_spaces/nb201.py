@@ -63,7 +63,8 @@ class NB201Space(Space[NB201Genotype]):
         ops = []
         for j, node in enumerate(nodes, start=1):
             if len(node) < 2 or node[0] != "|" or node[-1] != "|":
-                raise InvalidGenotype(self.name, f"node {j} inputs", node, f"'|' + {j} entries 'op~i' joined by '|' + '|'")
+                allowed = f"{j} entries '<op>~i' between '|'s"
+                raise InvalidGenotype(self.name, f"node {j} inputs", node, allowed)
             entries = node[1:-1].split("|")
             if len(entries) != j:
                 raise InvalidGenotype(self.name, f"node {j} input count", len(entries), j)

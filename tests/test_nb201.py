@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import random
 import re
 from collections import Counter
 
@@ -12,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -149,6 +148,7 @@ def test_sample_and_mutate_are_valid_and_deterministic():
 
 def test_registry():
     assert get_space("nb201") is space and space.num_classes == 10 and space.input_shape == (3, 32, 32)
+    assert space.build(NB201Genotype(RESNETISH_OPS), num_classes=7).classifier.out_features == 7
 
 
 # --- network and ONNX ------------------------------------------------------------------------------
