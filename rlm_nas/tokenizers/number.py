@@ -92,6 +92,8 @@ class NumberTokenizer:
         clipping would silently train the model on a wrong target.
         """
         try:
+            if isinstance(value, (str, bytes)):  # float("12") would parse; a label must be a number
+                raise TypeError
             x = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"number tokenizer: value must be a real number, got {value!r}") from None

@@ -1,0 +1,283 @@
+"""RLM: decoder correctness, constrained sampling, learning, persistence, metrics and errors.
+
+Everything uses the ``tiny`` config on synthetic line-oriented texts, so the file runs in well under
+a minute on a shared 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from rlm_nas.config import make_config
+from rlm_nas.model import N_NUM, RLM, CheckpointError
+from rlm_nas.tokenizers import TextTokenizer
+
+METRICS = ["accuracy:synth", "latency:synth"]
+# Op lines and their contribution to the synthetic "accuracy"; latency counts convolutions.
+OPS = {"Conv k3 p1 1 w": 3.0, "Conv k1 1 w": 1.5, "AveragePool k3 p1 1": 0.5, "Identity 1": 0.2, "Zero 1": 0.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a CPU shared with other jobs, two threads spin against each other."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def synth(n: int, seed: int) -> dict[str, tuple[float, float]]:
+    """``n`` distinct texts -> (accuracy, latency): simple functions of the op lines."""
+    rng, out = random.Random(seed), {}
+    while len(out) < n:
+        ops = [rng.choice(list(OPS)) for _ in range(6)]
+        text = "synth\n\n" + "\n".join(f"n{i} = {op}" for i, op in enumerate(ops, 1))
+        out[text] = (10 + sum(OPS[o] for o in ops), 0.1 * (1 + sum(o.startswith("Conv") for o in ops)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synth(900, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(data):
+    return TextTokenizer.train(list(data)[:700], vocab_size=256)
+
+
+@pytest.fixture
+def rlm(tok):
+    model = RLM.create(make_config("tiny"), tok, METRICS, seed=0)
+    model.register_pairs([("synth", m) for m in METRICS])
+    return model
+
+
+# --- the decoder --------------------------------------------------------------------------------
+def test_decoder_matches_transformers_t5_and_kv_cache(rlm):
+    """The folded cross-attention decoder equals HF's T5Stack run on per-row copies of the encoder
+    states, and cached step-by-step decoding equals teacher forcing."""
+    m = rlm.module.eval()
+    ids, mask = rlm._pad([[5, 6, 7, 8, 9, 10], [5, 6, 7]])
+    dec = torch.randint(3, N_NUM, (2, 2, 7), generator=torch.Generator().manual_seed(0))
+    dec[..., 0] = torch.tensor([N_NUM, N_NUM + 1])
+    with torch.no_grad():
+        ours = m(ids, mask, dec)
+        enc = m.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = m.decoder(
+            input_ids=dec.view(4, 7),
+            encoder_hidden_states=enc.repeat_interleave(2, 0),
+            encoder_attention_mask=mask.repeat_interleave(2, 0),
+        ).last_hidden_state
+        ref = m.head(h).view(2, 2, 7, N_NUM) + m.grammar_bias
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        memory, cache, steps = m.encode(ids, mask), None, []
+        for s in range(7):
+            logits, cache = m.decode(dec[..., s : s + 1], memory, start=s, cache=cache)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, 2), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_untrained_samples_are_all_valid_numbers(rlm, data):
+    texts = list(data)[:2]
+    for temperature in (0.5, 1.0, 3.0):
+        pred = rlm.predict(texts, METRICS, num_samples=1000, temperature=temperature, seed=1)
+        assert pred.samples.shape == (2, 2, 1000)
+        assert np.isfinite(pred.samples).all()
+        assert np.abs(pred.samples).max() <= rlm.number_tokenizer.max_abs
+    assert len(np.unique(pred.samples)) > 100  # sampling, not a constant
+
+
+def test_sampling_is_seeded(rlm, data):
+    texts = list(data)[:5]
+    a = rlm.predict(texts, METRICS, seed=3).samples
+    assert np.array_equal(a, rlm.predict(texts, METRICS, seed=3).samples)
+    assert not np.array_equal(a, rlm.predict(texts, METRICS, seed=4).samples)
+    greedy = rlm.predict(texts, METRICS, temperature=0, num_samples=3).samples
+    assert (greedy == greedy[..., :1]).all()
+
+
+def test_predict_reuses_one_encoder_pass_per_batch(rlm, data, monkeypatch):
+    calls = []
+    original = rlm.module.encode
+    monkeypatch.setattr(rlm.module, "encode", lambda ids, mask: calls.append(ids.shape[0]) or original(ids, mask))
+    rlm.predict(list(data)[:10], METRICS, num_samples=8, batch_size=4)
+    assert calls == [4, 4, 2]  # once per batch of architectures, shared by 2 metrics x 8 samples
+
+
+# --- learning -----------------------------------------------------------------------------------
+def test_tiny_model_learns_a_synthetic_ranking(tok, data):
+    """A few hundred AdamW steps: Spearman > 0.9 on held-out texts, for both metrics."""
+    texts = list(data)
+    train, test = texts[:700], texts[700:]
+    rlm = RLM.create(make_config("tiny"), tok, METRICS, seed=0)
+    rlm.register_pairs([("synth", m) for m in METRICS])
+    steps = 600
+    opt = torch.optim.AdamW(rlm.module.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)  # linear decay to 0
+    rlm.module.train()
+    for step in range(steps):
+        batch = random.Random(step).sample(train, 16)
+        loss = rlm.loss(batch, [METRICS] * 16, [list(data[t]) for t in batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert loss.item() < 0.2
+    pred = rlm.predict(test, METRICS, num_samples=8)
+    assert not pred.extrapolated.any()
+    for j, metric in enumerate(METRICS):
+        rho = spearmanr(pred.median[:, j], [data[t][j] for t in test]).statistic
+        assert rho > 0.9, f"{metric}: held-out Spearman {rho:.3f}"
+
+
+# --- persistence --------------------------------------------------------------------------------
+def test_save_load_round_trip(rlm, data, tmp_path):
+    texts = list(data)[:6]
+    rlm.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+    loaded = RLM.from_pretrained(tmp_path)
+    assert loaded.metrics == rlm.metrics and loaded.known_pairs == rlm.known_pairs
+    assert loaded.config == rlm.config
+    a, b = rlm.predict(texts, METRICS, seed=7), loaded.predict(texts, METRICS, seed=7)
+    assert np.array_equal(a.samples, b.samples)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoint_loads_as_float32(rlm, tmp_path, dtype):
+    rlm.save_pretrained(tmp_path, dtype=dtype)
+    loaded = RLM.from_pretrained(tmp_path)
+    for (k, v), w in zip(loaded.module.state_dict().items(), rlm.module.state_dict().values()):
+        assert v.dtype == torch.float32, k
+        torch.testing.assert_close(v, w.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        rlm.save_pretrained(tmp_path, dtype="int8")
+
+
+def test_checkpoint_errors_name_the_file(rlm, tmp_path, monkeypatch):
+    import rlm_nas.model
+
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        RLM.from_pretrained(tmp_path / "nowhere")
+    monkeypatch.setattr(rlm_nas.model, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "default")
+    with pytest.raises(FileNotFoundError, match="checkpoints/default does not exist .*default checkpoint is not shipped"):
+        RLM.from_pretrained("default")
+
+    rlm.save_pretrained(tmp_path)
+    cfg, weights = tmp_path / "config.json", tmp_path / "model.safetensors"
+    good = cfg.read_text()
+
+    cfg.write_text("{oops")
+    with pytest.raises(CheckpointError, match="config.json is corrupt"):
+        RLM.from_pretrained(tmp_path)
+    cfg.write_text(good.replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(CheckpointError, match="format_version 99 is not supported"):
+        RLM.from_pretrained(tmp_path)
+    meta = json.loads(good)
+    meta["model_config"]["d_model"] = 96  # weights no longer fit the config
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.safetensors: tensor .* has shape"):
+        RLM.from_pretrained(tmp_path)
+    cfg.write_text(good)
+
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        RLM.from_pretrained(tmp_path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors does not exist"):
+        RLM.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json does not exist"):
+        RLM.from_pretrained(tmp_path)
+    cfg.unlink()
+    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+        RLM.from_pretrained(tmp_path)
+
+
+# --- metrics, spaces and input errors -----------------------------------------------------------
+def test_add_metrics_grows_vocabulary_and_predicts(rlm, data, tmp_path):
+    emb = rlm.module.decoder.embed_tokens.weight.detach().clone()
+    rlm.add_metrics(["latency:my-phone", "params", "latency:synth"])  # the existing one is skipped
+    assert rlm.metrics == (*METRICS, "latency:my-phone", "params")
+    new = rlm.module.decoder.embed_tokens.weight.detach()
+    assert new.shape[0] == emb.shape[0] + 2 and torch.equal(new[: emb.shape[0]], emb)
+    torch.testing.assert_close(new[-2], emb[N_NUM + 1])  # the mean of the one other latency metric
+    torch.testing.assert_close(new[-1], emb[N_NUM:].mean(0))  # no other "params": mean of all
+    pred = rlm.predict(list(data)[:3], ["latency:my-phone"], num_samples=4)
+    assert np.isfinite(pred.samples).all() and pred.extrapolated.tolist() == [True]
+    loss = rlm.loss(list(data)[:2], [["latency:my-phone"], ["params", "accuracy:synth"]], [[3.2], [1.5e6, 90.0]])
+    loss.backward()
+    assert rlm.module.decoder.embed_tokens.weight.grad[-2].abs().sum() > 0
+    rlm.register_pairs([("synth", "latency:my-phone")])
+    rlm.save_pretrained(tmp_path)
+    loaded = RLM.from_pretrained(tmp_path)
+    assert loaded.metrics == rlm.metrics and ("synth", "latency:my-phone") in loaded.known_pairs
+
+
+def test_unknown_metric_and_space(rlm, data):
+    texts = list(data)[:2]
+    with pytest.raises(ValueError, match=r"unknown metric 'latency:mars'; this model knows: accuracy:synth, latency:synth"):
+        rlm.predict(texts, ["latency:mars"])
+    with pytest.raises(ValueError, match=r"unknown space 'mars'; known spaces: .*nb201.*synth"):
+        rlm.predict(["Relu 1\nout 1"], METRICS, space="mars")
+    with pytest.raises(ValueError, match=r"inputs\[0\] names unknown space 'mars'"):
+        rlm.predict(["mars\n\nRelu 1"], METRICS)
+    with pytest.raises(ValueError, match=r"inputs\[0\] \(int\) is not a model input"):
+        rlm.predict([3], METRICS)
+    with pytest.raises(ValueError, match="not a valid metric name"):
+        rlm.add_metrics(["Latency On Mars"])
+    with pytest.raises(ValueError, match="num_samples"):
+        rlm.predict(texts, METRICS, num_samples=0)
+    with pytest.raises(ValueError, match="temperature"):
+        rlm.predict(texts, METRICS, temperature=-1)
+
+
+def test_extrapolated_flags_pairs_without_training_data(rlm, data):
+    # canonical text given with its space: nb201 was never trained on, so every metric is a guess
+    pred = rlm.predict(["Relu 1\nout 1"], METRICS, space="nb201", num_samples=2)
+    assert pred.extrapolated.tolist() == [True, True]
+    rlm.register_pairs([("nb201", "latency:synth")])
+    pred = rlm.predict(["nb201\n\nRelu 1\nout 1"], METRICS, num_samples=2)
+    assert pred.extrapolated.tolist() == [True, False]
+    assert rlm.predict([], METRICS).samples.shape == (0, 2, 8)
+
+
+def test_loss_errors_are_clear(rlm, data):
+    texts = list(data)[:2]
+    with pytest.raises(ValueError, match=r"architecture #1, metric 'latency:synth': .*must be finite"):
+        rlm.loss(texts, [METRICS, METRICS], [[90.0, 1.0], [90.0, float("nan")]])
+    with pytest.raises(ValueError, match=r"architecture #0, metric 'accuracy:synth': .*outside the representable range"):
+        rlm.loss(texts, [METRICS, METRICS], [[1e12, 1.0], [90.0, 1.0]])
+    with pytest.raises(ValueError, match="unknown metric 'flops'"):
+        rlm.loss(texts, [["flops"], ["flops"]], [[1.0], [1.0]])
+    with pytest.raises(ValueError, match="equal length"):
+        rlm.loss(texts, [METRICS], [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="architecture #0: metrics and values"):
+        rlm.loss(texts, [METRICS, METRICS], [[1.0], [1.0, 2.0]])
+
+
+def test_long_inputs_are_truncated_with_a_warning(tok):
+    rlm = RLM.create(make_config("tiny", max_input_tokens=8), tok, METRICS)
+    rlm.register_pairs([("synth", METRICS[0])])
+    long = "synth\n\n" + "\n".join(f"n{i} = Conv k1 1 w" for i in range(40))
+    with pytest.warns(UserWarning, match="truncated"):
+        pred = rlm.predict([long], METRICS, space=None, num_samples=2)
+    assert np.isfinite(pred.samples).all()
+
+
+def test_make_config_errors():
+    assert make_config("tiny").d_model < make_config("small").d_model < make_config("base").d_model
+    with pytest.raises(ValueError, match="unknown model config 'huge'; allowed: tiny, small, base"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="heads"):
+        make_config("tiny", heads=3)
+    with pytest.raises(ValueError, match="dropout"):
+        make_config("tiny", dropout=1.5)
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        make_config("tiny", width=3)
