@@ -95,7 +95,7 @@ class FBNetSpace(Space[FBNetGenotype]):
         for i, index in enumerate(indices):
             # bool is an int subclass, and JSON's true must not pass as block 1
             if type(index) is not int:
-                raise InvalidGenotype(self.name, f"op_idx_list[{i}]", index, range(len(BLOCKS)))
+                raise InvalidGenotype(self.name, f"op_idx_list[{i}]", index, f"an int 0..{len(BLOCKS) - 1}")
             check_choice(self.name, f"op_idx_list[{i}]", index, range(len(BLOCKS)))
         return FBNetGenotype(tuple(BLOCKS[i] for i in indices))
 
