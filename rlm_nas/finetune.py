@@ -1,0 +1,126 @@
+"""Few-shot fine-tuning of a trained RLM, e.g. to a new device's latency from 10-100 measurements.
+
+CLI::
+
+    python -m rlm_nas.finetune --checkpoint PATH|default --space nb201 --metric latency:mydevice \\
+        --train measured.csv --out DIR [--steps N] [--max-seconds S] [--seed S]
+
+``measured.csv`` has columns ``arch,value``. A metric the checkpoint has never seen is added first.
+:func:`finetune` is the same thing as a function, bounded in steps AND seconds, for online
+adaptation inside a search loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlm_nas.core import Example
+from rlm_nas.data import DataError, group_by_arch, load_arch_values
+from rlm_nas.train import Texts, autocast, bf16_fast
+
+#: Defaults tuned for 10-100 rows on a 2-core CPU (see tests/test_finetune.py and the report).
+STEPS, MAX_SECONDS, LR, BATCH_SIZE = 60, 60.0, 3e-4, 8
+
+
+def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: float | None = MAX_SECONDS, lr: float = LR,
+             seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False, info: dict | None = None):
+    """Fine-tune ``rlm`` in place on ``examples`` and return it.
+
+    Stops after ``steps`` optimizer steps or ``max_seconds`` of wall clock, whichever comes first
+    (at least one step is always taken). Unknown metrics are added (:meth:`add_metrics`) and the
+    (space, metric) pairs registered, so predictions for them are no longer flagged as extrapolated.
+    Torch's global RNG is left as it was: a search calling this repeatedly stays reproducible.
+    Pass a dict as ``info`` to get ``steps`` taken, ``seconds`` and ``last_loss`` back.
+    """
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError("finetune: no examples given; need at least one (space, arch, metric, value)")
+    if steps < 1 or (max_seconds is not None and max_seconds <= 0):
+        raise ValueError(f"finetune: steps must be >= 1 and max_seconds > 0, got steps={steps!r}, max_seconds={max_seconds!r}")
+    items = group_by_arch(examples)
+    texts = Texts()
+    t0 = time.monotonic()
+    # fork_rng: the caller's RNG stream is untouched (add_metrics draws from it, too).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = sorted({e.metric for e in examples} - set(rlm.metrics))
+        if new:
+            rlm.add_metrics(new)  # replaces the embedding parameter: the optimizer comes after
+        rlm.register_pairs(sorted({(e.space, e.metric) for e in examples}))
+        module = rlm.module
+        device = next(module.parameters()).device
+        use_bf16 = bf16_fast(device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        # No weight decay: with a handful of rows and steps it would only pull weights toward zero.
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        was_training = module.training
+        module.train()
+        rng = np.random.default_rng(seed)
+        perm, pos = rng.permutation(len(items)), 0
+        for step in tqdm(range(steps), desc="finetune", disable=not progress, leave=False):
+            if pos >= len(perm):
+                perm, pos = rng.permutation(len(items)), 0
+            batch = [items[i] for i in perm[pos:pos + batch_size]]
+            pos += batch_size
+            with autocast(device, use_bf16):  # every label of an architecture: they are few here
+                loss = rlm.loss([texts(it) for it in batch], [list(it.metrics) for it in batch], [list(it.values) for it in batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                break
+    module.train(was_training)
+    if info is not None:
+        info.update(steps=step + 1, seconds=round(time.monotonic() - t0, 2), last_loss=float(loss.item()))
+    return rlm
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlm_nas.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="trained model folder, or 'default' for the packaged one")
+    p.add_argument("--space", required=True, help="space of the architectures in --train")
+    p.add_argument("--metric", required=True, help="metric measured, e.g. latency:mydevice (new metrics are added)")
+    p.add_argument("--train", required=True, help="CSV with columns arch,value")
+    p.add_argument("--out", required=True, help="folder for the fine-tuned model")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from rlm_nas.model import RLM
+
+    try:
+        loaded = load_arch_values(args.train, args.space, args.metric)
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not loaded.examples:
+        print(f"error: {args.train}: every value is missing; nothing to fine-tune on", file=sys.stderr)
+        return 2
+    print(f"{args.train}: {len(loaded.examples)} rows ({loaded.missing} missing values skipped)")
+    rlm = RLM.from_pretrained(args.checkpoint)
+    seen = args.metric in rlm.metrics
+    info: dict = {}
+    finetune(rlm, loaded.examples, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
+             progress=True, info=info)
+    rlm.save_pretrained(Path(args.out))
+    print(f"fine-tuned {'known' if seen else 'NEW'} metric {args.metric} on {args.space}: {info['steps']} steps in "
+          f"{info['seconds']} s (last loss {info['last_loss']:.4f}); saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

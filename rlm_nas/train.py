@@ -1,0 +1,463 @@
+"""Train an RLM from scratch on a data folder: ``python -m rlm_nas.train --data DIR --out DIR``.
+
+Multi-task: a batch is a set of ARCHITECTURES, each with all (or a random subset of) its metrics,
+so one encoder pass serves every label of an architecture. AdamW, linear warmup then cosine
+decay, gradient clipping, bf16 autocast where it is faster (GPUs, AMX CPUs; see bf16_fast). Validation is split BY
+ARCHITECTURE; Spearman per (space, metric) is logged, early stopping watches its mean, and the
+best model is what ``OUT/`` holds (``RLM.from_pretrained(OUT)``). ``OUT/last/`` holds a full
+training state (model, optimizer, scheduler, RNG, step, data order) that ``--resume`` continues
+exactly. Runs under ``torchrun`` as DistributedDataParallel over ``rlm.module`` (gloo on CPU, NCCL
+on GPUs); each process takes its share of every global batch.
+
+The run is deterministic for a given seed: the data order of epoch ``e`` is a permutation drawn
+from ``(seed, e)``, the metric subset of an item from ``(seed, step, item)``, and torch's RNG is
+checkpointed. ``--max-minutes`` only decides *when* to stop, never what a step computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlm_nas.data import ArchItem, DataError, format_report, group_by_arch, hold_out, load_dir, split_by_arch, synthetic_complexity
+
+STATE_FILE = "state.pt"
+
+
+# --- small pieces shared with finetune ----------------------------------------------------------
+def bf16_fast(device: torch.device) -> bool:
+    """True where bf16 autocast pays off: GPUs with bf16, and CPUs with AMX tiles. On CPUs with
+    only AVX512-BF16 (like the 2-core dev machine) a tiny/small RLM step measured no faster in
+    bf16 than in fp32 (and sometimes slower: the casts cost as much as the matmuls save), and
+    older CPUs emulate bf16, so those use fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def metric_subset(item: ArchItem, k: int, key: str) -> tuple[list[str], list[float]]:
+    """All labels of ``item``, or ``k`` of them drawn from a seed string (so the pick depends only
+    on ``key``: the same under resume and whatever the process count)."""
+    idx = list(range(len(item.metrics)))
+    if k and len(idx) > k:
+        idx = sorted(random.Random(key).sample(idx, k))
+    return [item.metrics[i] for i in idx], [item.values[i] for i in idx]
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    """Linear warmup to 1, then cosine decay to ``floor`` at ``total`` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+class Texts:
+    """Model-input texts of architectures, converted on first use (conversion is the slow part of
+    the pipeline, so it is spread over the first epoch instead of blocking the start)."""
+
+    def __init__(self):
+        from rlm_nas.convert import model_input
+
+        self._convert, self._cache = model_input, {}
+
+    def __call__(self, item: ArchItem) -> str:
+        key = (item.space, item.arch)
+        if key not in self._cache:
+            self._cache[key] = self._convert(item.space, item.arch)
+        return self._cache[key]
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+def eval_subset(items: list[ArchItem], per_space: int, seed: int) -> list[ArchItem]:
+    """At most ``per_space`` validation architectures per space, the same ones at every evaluation
+    (so scores compare across steps)."""
+    by_space: dict[str, list[ArchItem]] = {}
+    for it in items:
+        by_space.setdefault(it.space, []).append(it)
+    out = []
+    for space in sorted(by_space):
+        group = list(by_space[space])
+        random.Random(f"eval:{seed}:{space}").shuffle(group)
+        out += group[:per_space]
+    return out
+
+
+def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0) -> list[dict]:
+    """Spearman and Kendall-tau of the predicted median per (space, metric) over ``items``.
+
+    Pairs with fewer than 3 labelled architectures or constant labels/predictions get ``None``
+    scores (a rank correlation is undefined there), never NaN.
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    rows = []
+    for space in sorted({it.space for it in items}):
+        group = [it for it in items if it.space == space]
+        metrics = sorted({m for it in group for m in it.metrics})
+        # One greedy decode is the cheapest ranking signal; with more samples, their median.
+        pred = rlm.predict([it.arch for it in group], metrics, space=space, num_samples=num_samples,
+                           temperature=0.0 if num_samples == 1 else 1.0, seed=seed).median
+        for j, metric in enumerate(metrics):
+            have = [(i, it.values[it.metrics.index(metric)]) for i, it in enumerate(group) if metric in it.metrics]
+            y = np.array([v for _, v in have])
+            p = np.array([pred[i, j] for i, _ in have], dtype=float)
+            rho = tau = None
+            if len(y) >= 3 and np.ptp(y) > 0 and np.ptp(p) > 0 and np.isfinite(p).all():
+                rho, tau = float(spearmanr(y, p).statistic), float(kendalltau(y, p).statistic)
+            rows.append({"space": space, "metric": metric, "n": len(y), "spearman": rho, "kendall": tau})
+    return rows
+
+
+def mean_spearman(rows: list[dict]) -> float:
+    """Mean Spearman over pairs that have one; an undefined pair counts as 0 (no ranking skill)."""
+    return float(np.mean([r["spearman"] or 0.0 for r in rows])) if rows else float("nan")
+
+
+# --- distributed --------------------------------------------------------------------------------
+class Dist:
+    """Rank/world of a ``torchrun`` launch (world 1 otherwise) and the few collectives we need."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.dist = dist
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under DistributedDataParallel when there are several processes (gradients
+        are averaged during backward), else itself."""
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's decision (e.g. "stop now") for everyone."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        self.dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            self.dist.destroy_process_group()
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def save_state(out: Path, rlm, state: dict) -> None:
+    """Write ``OUT/last/`` (model + ``state.pt``) by swapping in a finished temp folder, so a kill
+    in the middle of a save leaves the previous checkpoint intact."""
+    tmp, last, old = out / "last.tmp", out / "last", out / "last.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rlm.save_pretrained(tmp)
+    torch.save(state, tmp / STATE_FILE)
+    if last.exists():
+        last.rename(old)
+    tmp.rename(last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_last(out: Path) -> Path | None:
+    for d in (out / "last", out / "last.old"):  # last.old: killed between the two renames
+        if (d / STATE_FILE).is_file():
+            return d
+    return None
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_best(out: Path, rlm) -> None:
+    """The deliverable: ``OUT/`` loadable by ``RLM.from_pretrained(OUT)``. Saved through a temp
+    folder and moved file by file, so ``OUT/last`` and ``metrics.json`` beside it are kept."""
+    tmp = out / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rlm.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        dest = out / f.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(f, dest)
+    tmp.rmdir()
+
+
+# --- the run ------------------------------------------------------------------------------------
+#: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
+RUN_ARGS = ("config", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
+            "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
+            "checkpoint_every", "precision", "holdout", "clip")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlm_nas.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="folder laid out like shared/data (plus your own sweeps/CSVs)")
+    p.add_argument("--out", required=True, help="output folder: best model, metrics.json, last/ (training state)")
+    p.add_argument("--config", default="small", choices=["tiny", "small", "base"], help="model size preset")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this invocation; a checkpoint is saved when it runs out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue OUT/last exactly (run arguments come from the checkpoint)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of ARCHITECTURES held out per space")
+    p.add_argument("--holdout", default=None, help="JSON file of [space, arch] pairs to hold out instead (or a metrics.json of an earlier run)")
+    p.add_argument("--batch-size", type=int, default=16, help="architectures per step (per process)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--vocab-size", type=int, default=None, help="text BPE vocabulary (default: the config's)")
+    p.add_argument("--epochs", type=float, default=10, help="length of the LR schedule, in epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="length of the LR schedule in steps (overrides --epochs)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of the schedule)")
+    p.add_argument("--metrics-per-arch", type=int, default=8, help="labels per architecture per step (0: all)")
+    p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch)")
+    p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
+    p.add_argument("--eval-samples", type=int, default=1, help="decoder samples per prediction when scoring")
+    p.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping early")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between OUT/last checkpoints")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPUs and AMX CPUs, where it is faster")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def _load_holdout(path: str) -> set[tuple[str, str]]:
+    doc = json.loads(Path(path).read_text())
+    pairs = doc["split"]["val_archs"] if isinstance(doc, dict) else doc
+    return {(s, a) for s, a in pairs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    dist = Dist()
+    try:
+        run(args, dist)
+    except DataError as e:  # a bad data file: its message says where; no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.close()
+    return 0
+
+
+def run(args: argparse.Namespace, dist: Dist) -> dict:
+    """Train as ``args`` says; returns the content of ``OUT/metrics.json``."""
+    from tqdm.auto import tqdm
+
+    from rlm_nas.config import make_config
+    from rlm_nas.model import RLM
+    from rlm_nas.tokenizers.text import TextTokenizer
+
+    t0 = time.monotonic()
+    out = Path(args.out)
+    log = (lambda *a: print(*a, flush=True)) if dist.main else (lambda *a: None)
+    ckpt_dir = find_last(out) if args.resume else None
+    if args.resume and ckpt_dir is None:
+        raise DataError(f"{out}: --resume given but there is no checkpoint {out}/last/{STATE_FILE}; start without --resume")
+    state = torch.load(ckpt_dir / STATE_FILE, weights_only=False) if ckpt_dir else None
+    if state:  # the run is defined by its checkpoint; only the time budget comes from this command
+        for k in RUN_ARGS:
+            setattr(args, k, state["args"][k])
+        log(f"resuming {ckpt_dir} at step {state['step']}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # --- data -----------------------------------------------------------------------------
+    examples, report = load_dir(args.data, progress=dist.main and not args.no_progress)
+    if args.synthetic_per_space:
+        syn = synthetic_complexity(per_space=args.synthetic_per_space, seed=args.seed, progress=dist.main and not args.no_progress)
+        examples += syn.examples
+        report.append(syn.summary())
+    log(format_report(report))
+    if state:
+        held = {tuple(a) for a in state["val_archs"]}
+        train_ex, val_ex = hold_out(examples, held)
+    elif args.holdout:
+        train_ex, val_ex = hold_out(examples, _load_holdout(args.holdout))
+    else:
+        train_ex, val_ex = split_by_arch(examples, args.val_fraction, args.seed)
+    train_items, val_items = group_by_arch(train_ex), group_by_arch(val_ex)
+    if not train_items:
+        raise DataError(f"{args.data}: no training architectures left after holding out validation")
+    eval_items = eval_subset(val_items, args.eval_archs, args.seed)
+    log(f"{len(train_items)} training architectures ({len(train_ex)} labels), {len(val_items)} validation "
+        f"({len(val_ex)} labels; {len(eval_items)} scored per evaluation)")
+    texts = Texts()
+
+    # --- model ----------------------------------------------------------------------------
+    config = make_config(args.config)
+    metrics = sorted({e.metric for e in examples})
+    if state:
+        rlm = RLM.from_pretrained(ckpt_dir)
+    else:
+        # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
+        # small and shared within a space, so a few hundred texts per space cover it.
+        sample = eval_subset(train_items, 300, args.seed + 1)
+        corpus = [texts(it) for it in tqdm(sample, desc="texts for tokenizer", disable=not dist.main or args.no_progress, leave=False)]
+        tok = TextTokenizer.train(corpus, args.vocab_size or config.text_vocab_size)
+        rlm = RLM.create(config, tok, metrics, seed=args.seed)
+    rlm.register_pairs(sorted({(e.space, e.metric) for e in train_ex}))
+    module = rlm.module.to(dist.device)
+    model = dist.wrap(module)  # DDP broadcasts rank 0's weights, so every process starts equal
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    per_step = args.batch_size * dist.world
+    steps_per_epoch = math.ceil(len(train_items) / per_step)
+    total = args.max_steps or max(1, round(args.epochs * steps_per_epoch))
+    warmup = args.warmup if args.warmup is not None else max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
+    eval_every = args.eval_every or steps_per_epoch
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_fast(dist.device))
+    step, best, bad_evals, history, elapsed0 = 0, None, 0, [], 0.0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, best, bad_evals, history, elapsed0 = state["step"], state["best"], state["bad_evals"], state["history"], state["elapsed"]
+    log(f"model {args.config}: {sum(p.numel() for p in params):,} parameters, {len(metrics)} metrics; "
+        f"{total} steps of {per_step} architectures ({steps_per_epoch}/epoch), {'bf16' if use_bf16 else 'fp32'} on {dist.device}, "
+        f"{dist.world} process(es)")
+
+    def order(epoch: int) -> np.ndarray:
+        return np.random.default_rng([args.seed, epoch]).permutation(len(train_items))
+
+    def checkpoint() -> None:
+        if dist.main:
+            save_state(out, rlm, {
+                "args": {k: getattr(args, k) for k in RUN_ARGS}, "step": step, "best": best, "bad_evals": bad_evals,
+                "history": history, "elapsed": elapsed0 + time.monotonic() - t0, "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": rng_state(),
+                "val_archs": sorted({(e.space, e.arch) for e in val_ex}),
+                "data_order": {"epoch": step // steps_per_epoch, "position": step % steps_per_epoch,
+                               "permutation": order(step // steps_per_epoch).tolist()},
+            })
+        dist.barrier()
+
+    def validate() -> bool:
+        """Score on validation (rank 0), keep the best model; True when patience ran out."""
+        nonlocal best, bad_evals
+        if dist.main and eval_items:
+            module.eval()
+            with torch.no_grad(), autocast(dist.device, use_bf16):
+                rows = evaluate(rlm, eval_items, args.eval_samples, args.seed)
+            module.train()
+            score = mean_spearman(rows)
+            history.append({"step": step, "mean_spearman": score, "loss": running})
+            improved = best is None or score > best["mean_spearman"]
+            log(f"step {step}: val mean Spearman {score:.4f}" + (" (best)" if improved else f" (best {best['mean_spearman']:.4f})"))
+            if improved:
+                best = {"step": step, "mean_spearman": score, "rows": rows}
+                bad_evals = 0
+                save_best(out, rlm)
+            else:
+                bad_evals += 1
+        return dist.broadcast_flag(bad_evals >= args.patience)
+
+    # --- loop -----------------------------------------------------------------------------
+    module.train()
+    running = None
+    stopped = "schedule finished"
+    bar = tqdm(total=total, initial=step, desc="train", disable=not dist.main or args.no_progress, dynamic_ncols=True)
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        chunk = order(epoch)[pos * per_step:(pos + 1) * per_step]
+        batch = [train_items[i] for i in chunk[dist.rank::dist.world]]
+        labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{i}") for i, it in zip(chunk[dist.rank::dist.world], batch)]
+        with autocast(dist.device, use_bf16):
+            loss = model(**rlm.make_batch([texts(it) for it in batch], [m for m, _ in labels], [v for _, v in labels]))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: training loss is {loss.item()}; lower --lr (now {args.lr})")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        if step % eval_every == 0 and step < total and validate():
+            stopped = f"early stop: no improvement in {args.patience} evaluations"
+            break
+        if step % args.checkpoint_every == 0:
+            checkpoint()
+        out_of_time = args.max_minutes is not None and time.monotonic() - t0 > 60 * args.max_minutes
+        if dist.broadcast_flag(out_of_time) and step < total:
+            stopped = f"--max-minutes {args.max_minutes} ran out at step {step}"
+            break
+    bar.close()
+    checkpoint()  # resumable from exactly here
+    if not history or history[-1]["step"] != step:
+        validate()  # score the final weights too; also guarantees OUT/ holds a model
+    if dist.main and (best is None):  # no validation set: the final weights are the deliverable
+        save_best(out, rlm)
+    log(f"stopped: {stopped}")
+
+    result = {
+        "best": None if best is None else {"step": best["step"], "mean_spearman": best["mean_spearman"]},
+        "val": [] if best is None else best["rows"],
+        "steps": step, "total_steps": total, "stopped": stopped, "history": history,
+        "elapsed_s": round(elapsed0 + time.monotonic() - t0, 1),
+        "sources": report,
+        "split": {"val_fraction": args.val_fraction, "seed": args.seed, "holdout": args.holdout,
+                  "val_archs": sorted([list(k) for k in {(e.space, e.arch) for e in val_ex}])},
+    }
+    if dist.main:
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        for r in result["val"]:
+            rho = "n/a" if r["spearman"] is None else f"{r['spearman']:.3f}"
+            log(f"  {r['space']:<8} {r['metric']:<28} n={r['n']:<5} spearman={rho}")
+    dist.barrier()
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

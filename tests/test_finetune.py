@@ -1,0 +1,87 @@
+"""Few-shot fine-tuning to a metric the checkpoint has never seen: the function (accuracy gain,
+time bound, RNG hygiene) and the CLI end to end."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rlm_nas.core import Example
+from rlm_nas.finetune import finetune, main
+from search_spaces import get_space
+
+
+def new_device(n: int = 16) -> list[Example]:
+    """Latency of a new device: 2 ms plus 1 ms per 3x3 conv (so 2..8 ms)."""
+    space = get_space("nb201")
+    archs = [space.format(g) for g in space.sample(n, seed=7)]
+    return [Example("nb201", a, "latency:newdev", 2.0 + a.count("nor_conv_3x3")) for a in archs]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny RLM that knows only ``latency:pixel3`` (weights untrained: the plumbing is under test)."""
+    from rlm_nas.config import make_config
+    from rlm_nas.convert import model_input
+    from rlm_nas.model import RLM
+    from rlm_nas.tokenizers.text import TextTokenizer
+
+    texts = [model_input("nb201", g) for g in get_space("nb201").sample(8, seed=0)]
+    config = make_config("tiny", max_input_tokens=256)
+    rlm = RLM.create(config, TextTokenizer.train(texts, config.text_vocab_size), ["latency:pixel3"], seed=0)
+    return rlm.save_pretrained(tmp_path_factory.mktemp("ck"))
+
+
+def error(rlm, examples) -> float:
+    pred = rlm.predict([e.arch for e in examples], ["latency:newdev"], space="nb201", num_samples=4, seed=0).median[:, 0]
+    return float(np.mean(np.abs(pred - [e.value for e in examples])))
+
+
+def test_finetune_learns_a_new_metric(checkpoint):
+    from rlm_nas.model import RLM
+
+    examples = new_device()
+    rlm = RLM.from_pretrained(checkpoint)
+    baseline = RLM.from_pretrained(checkpoint)
+    baseline.add_metrics(["latency:newdev"])  # what the metric predicts before any training
+    rng = torch.get_rng_state()
+    info = {}
+    out = finetune(rlm, examples, steps=12, max_seconds=300, lr=3e-3, seed=0, info=info)
+    assert out is rlm and info["steps"] == 12
+    assert torch.equal(rng, torch.get_rng_state())  # a search's own RNG stream is not disturbed
+    assert "latency:newdev" in rlm.metrics and ("nb201", "latency:newdev") in rlm.known_pairs
+    assert not rlm.predict([examples[0].arch], ["latency:newdev"], space="nb201", num_samples=1).extrapolated[0]
+    before, after = error(baseline, examples), error(rlm, examples)
+    assert after < 1.0 and after < 0.5 * before, (before, after)  # ms, on targets of 2..8 ms
+
+
+def test_finetune_is_bounded_in_time(checkpoint):
+    from rlm_nas.model import RLM
+
+    rlm = RLM.from_pretrained(checkpoint)
+    info = {}
+    t0 = time.monotonic()
+    finetune(rlm, new_device(8), steps=100_000, max_seconds=1.0, info=info)
+    assert time.monotonic() - t0 < 30 and 1 <= info["steps"] < 100_000
+    with pytest.raises(ValueError, match="no examples"):
+        finetune(rlm, [])
+
+
+def test_finetune_cli(checkpoint, tmp_path, capsys):
+    from rlm_nas.model import RLM
+
+    csv = tmp_path / "measured.csv"
+    csv.write_text("arch,value\n" + "".join(f'"{e.arch}",{e.value}\n' for e in new_device(12)) + f'"{new_device(1)[0].arch}",NaN\n')
+    out = tmp_path / "tuned"
+    assert main(["--checkpoint", str(checkpoint), "--space", "nb201", "--metric", "latency:newdev", "--train", str(csv),
+                 "--out", str(out), "--steps", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "12 rows (1 missing values skipped)" in printed and "NEW metric latency:newdev" in printed
+    assert "latency:newdev" in RLM.from_pretrained(out).metrics
+    csv.write_text("arch,value\n|x~0|,1\n")
+    assert main(["--checkpoint", str(checkpoint), "--space", "nb201", "--metric", "latency:newdev", "--train", str(csv),
+                 "--out", str(out)]) == 2
+    assert "line 2: column arch" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""The trainer end to end on a tiny generated data folder: outputs, determinism, exact resume after
+a kill, the time budget, DDP over 2 gloo processes, and a clear error for bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rlm_nas.train import main
+from search_spaces import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--config", "tiny", "--batch-size", "8", "--max-steps", "8", "--eval-every", "4", "--eval-archs", "8",
+        "--checkpoint-every", "2", "--no-progress"]
+
+
+def toy_folder(path: Path, n: int = 40) -> Path:
+    """A user's CSV of ``n`` NB201 archs with two labels that depend on the ops (learnable)."""
+    space = get_space("nb201")
+    rows = ["space,arch,metric,value"]
+    for g in space.sample(n, seed=0):
+        a = space.format(g)
+        c3, c1, none = a.count("nor_conv_3x3"), a.count("nor_conv_1x1"), a.count("none")
+        rows += [f'nb201,"{a}",latency:toy,{1 + 2 * c3 + c1 + 0.1 * none:.3f}', f'nb201,"{a}",accuracy:toy,{70 + 3 * c3 + 2 * c1 - 4 * none}']
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "toy.csv").write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return toy_folder(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """One uninterrupted in-process run that other tests compare against."""
+    out = tmp_path_factory.mktemp("ref")
+    assert main(["--data", str(data), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def weights(directory: Path) -> dict:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_outputs_and_determinism(reference, data, tmp_path):
+    from rlm_nas.model import RLM
+
+    rlm = RLM.from_pretrained(reference)  # the best model is what OUT/ holds
+    assert set(rlm.metrics) == {"accuracy:toy", "latency:toy"}
+    assert rlm.known_pairs == {("nb201", "accuracy:toy"), ("nb201", "latency:toy")}
+    m = json.loads((reference / "metrics.json").read_text())
+    assert m["steps"] == 8 and [h["step"] for h in m["history"]] == [4, 8]
+    assert {(r["space"], r["metric"]) for r in m["val"]} == {("nb201", "accuracy:toy"), ("nb201", "latency:toy")}
+    assert all(set(r) == {"space", "metric", "n", "spearman", "kendall"} and r["n"] == 4 for r in m["val"])
+    held = {tuple(a) for a in m["split"]["val_archs"]}
+    assert len(held) == 4 and all(s == "nb201" for s, _ in held)  # 10% of 40 architectures, whole
+    assert m["sources"][0]["examples"] == 80
+    # a second run with the same seed is bit-identical, in weights and in the logged losses
+    out = tmp_path / "again"
+    assert main(["--data", str(data), "--out", str(out), *ARGS]) == 0
+    assert same_weights(reference / "last", out / "last")
+    assert json.loads((out / "metrics.json").read_text())["history"] == m["history"]
+
+
+def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rlm_nas.train", "--data", str(data), "--out", str(out), *ARGS, *extra]
+
+
+def test_resume_after_kill_continues_exactly(reference, data, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(_train_cmd(data, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "last" / "state.pt").exists():  # the first checkpoint (step 2)
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    import torch
+
+    saved = torch.load(out / "last" / "state.pt", weights_only=False)["step"]
+    assert 2 <= saved < 8
+    res = subprocess.run(_train_cmd(data, out, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"at step {saved}" in res.stdout
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 8
+    assert same_weights(reference / "last", out / "last")  # as if it had never been interrupted
+
+
+def test_time_budget_leaves_a_usable_checkpoint(data, tmp_path):
+    from rlm_nas.model import RLM
+
+    out = tmp_path / "short"
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 1 and "--max-minutes" in m["stopped"]
+    assert (out / "last" / "state.pt").is_file()
+    rlm = RLM.from_pretrained(out)
+    assert rlm.predict([m["split"]["val_archs"][0][1]], ["latency:toy"], space="nb201", num_samples=2).median.shape == (1, 1)
+
+
+def test_ddp_two_gloo_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlm_nas.train",
+           "--data", str(data), "--out", str(out), *ARGS, "--max-steps", "3", "--eval-every", "3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout and "steps of 16 architectures" in res.stdout
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    assert (out / "model.safetensors").is_file()
+
+
+def test_bad_data_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("space,arch,metric,value\nnb201,|x~0|,latency:a,1\n")
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--config", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv: line 2: column arch: invalid nb201 architecture" in err and "Traceback" not in err
