@@ -382,13 +382,19 @@ def load_generic(path: str | Path) -> Loaded:
 
 
 def load_arch_values(path: str | Path, space: str, metric: str) -> Loaded:
-    """The fine-tune CSV: columns ``arch,value``, all of one ``space`` and ``metric``."""
+    """The fine-tune CSV: columns ``arch,value`` (others, e.g. ``cv``, are ignored), all of one
+    ``space`` and ``metric``."""
     path = Path(path)
     _space(space, f"{path}: --space")
     metric = _metric(metric, f"{path}: --metric")
     out = Loaded(str(path))
     for line, row in _read_csv(path, ("arch", "value")):
-        ex = _generic_row(path, f"{path}: line {line}", {"space": space, "metric": metric, **row})
+        # `python -m rlm_nas.measure` also writes space/metric columns: they must agree with the
+        # command line, or the rows would be taught under the wrong name.
+        for col, want in (("space", space), ("metric", metric)):
+            if row.get(col) and row[col] != want:
+                raise DataError(f"{path}: line {line}: column {col}: {row[col]!r} differs from --{col} {want!r}")
+        ex = _generic_row(path, f"{path}: line {line}", {**row, "space": space, "metric": metric})
         if ex is None:
             out.missing += 1
         else:

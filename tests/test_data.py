@@ -103,6 +103,10 @@ def test_generic_csv_and_jsonl(tmp_path):
     ft = tmp_path / "ft.csv"
     ft.write_text(f'arch,value\n"{NB201_A}",2.5\n')
     assert load_arch_values(ft, "nb201", "latency:new").examples == [Example("nb201", NB201_A, "latency:new", 2.5)]
+    ft.write_text(f'arch,value,space,metric,cv\n"{NB201_A}",2.5,nb201,latency:new,0.01\n')  # rlm_nas.measure's CSV
+    assert load_arch_values(ft, "nb201", "latency:new").examples == [Example("nb201", NB201_A, "latency:new", 2.5)]
+    with pytest.raises(DataError, match=r"line 2: column metric: 'latency:new' differs from --metric 'latency:other'"):
+        load_arch_values(ft, "nb201", "latency:other")
 
 
 @pytest.mark.parametrize(
