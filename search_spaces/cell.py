@@ -143,7 +143,8 @@ class CellSpace(Space[CellGenotype]):
                 raise InvalidGenotype(self.name, cell, _short(entries), "a tuple of (op, input) pairs")
             if len(entries) != 2 * self.nodes:
                 raise InvalidGenotype(
-                    self.name, f"{cell} entry count", len(entries), f"{2 * self.nodes} (two per node, {self.nodes} nodes)"
+                    self.name, f"{cell} entry count", len(entries),
+                    f"{2 * self.nodes} (two per node, {self.nodes} nodes)",
                 )
             for e, entry in enumerate(entries):
                 if not (isinstance(entry, tuple) and len(entry) == 2 and _is_int(entry[1])):

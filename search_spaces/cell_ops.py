@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from search_spaces.cell import CellPlan
 
+
 # --- primitive layers --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReLU:
@@ -55,7 +56,9 @@ class Conv:
     groups: int = 1
 
     def module(self) -> nn.Module:
-        return nn.Conv2d(self.c_in, self.c_out, self.kernel, self.stride, self.pad, self.dilation, self.groups, bias=False)
+        return nn.Conv2d(
+            self.c_in, self.c_out, self.kernel, self.stride, self.pad, self.dilation, self.groups, bias=False
+        )
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
         w = gb.weight(prefix + "weight", (self.c_out, self.c_in // self.groups, *self.kernel))

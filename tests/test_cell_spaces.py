@@ -208,7 +208,8 @@ _BAD_NORMAL = [list(e) for e in DARTS_V2["normal"]]
         ("darts", _darts_json()[:-3], "JSON", _darts_json()[:77] + "..."),
         ("darts", "[1, 2]", "JSON", "[1, 2]"),
         # ENAS concatenates the loose ends: node 3 reads node 2, so 2 is not one
-        ("enas", json.dumps({"normal": [["skip_connect", 0]] * 2 + [["skip_connect", 2]] * 2 + [["skip_connect", 0]] * 6,
+        ("enas", json.dumps({"normal": [["skip_connect", 0]] * 2 + [["skip_connect", 2]] * 2
+                                       + [["skip_connect", 0]] * 6,
                              "normal_concat": [2, 3, 4, 5, 6],
                              "reduce": [["skip_connect", 0]] * 10, "reduce_concat": [2, 3, 4, 5, 6],
                              "width": 16, "depth": 4}), "normal_concat", (2, 3, 4, 5, 6)),
