@@ -2,9 +2,9 @@
 
 Multi-task: a batch is a set of ARCHITECTURES, each with all (or a random subset of) its metrics,
 so one encoder pass serves every label of an architecture. AdamW, linear warmup then cosine
-decay, gradient clipping, bf16 autocast where it is faster (GPUs, AMX CPUs; see bf16_fast). Validation is split BY
-ARCHITECTURE; Spearman per (space, metric) is logged, early stopping watches its mean, and the
-best model is what ``OUT/`` holds (``RLM.from_pretrained(OUT)``). ``OUT/last/`` holds a full
+decay, gradient clipping, bf16 autocast where it is faster (GPUs, AMX CPUs; see bf16_fast).
+Validation is split BY ARCHITECTURE (``--exclude`` removes a fixed test split altogether);
+Spearman per (space, metric) is logged, early stopping watches its mean, and the best model is what ``OUT/`` holds (``RLM.from_pretrained(OUT)``). ``OUT/last/`` holds a full
 training state (model, optimizer, scheduler, RNG, step, data order) that ``--resume`` continues
 exactly. Runs under ``torchrun`` as DistributedDataParallel over ``rlm.module`` (gloo on CPU, NCCL
 on GPUs); each process takes its share of every global batch.
@@ -234,7 +234,7 @@ def save_best(out: Path, rlm) -> None:
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
 RUN_ARGS = ("config", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
-            "checkpoint_every", "precision", "holdout", "clip")
+            "checkpoint_every", "precision", "holdout", "exclude", "clip")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -248,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue OUT/last exactly (run arguments come from the checkpoint)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of ARCHITECTURES held out per space")
     p.add_argument("--holdout", default=None, help="JSON file of [space, arch] pairs to hold out instead (or a metrics.json of an earlier run)")
+    p.add_argument("--exclude", default=None, help="JSON file of [space, arch] pairs (or {\"archs\": [...]}) never to train or validate on")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 can be faster on a busy machine)")
     p.add_argument("--batch-size", type=int, default=16, help="architectures per step (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -255,10 +257,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=None, help="text BPE vocabulary (default: the config's)")
     p.add_argument("--epochs", type=float, default=10, help="length of the LR schedule, in epochs")
     p.add_argument("--max-steps", type=int, default=None, help="length of the LR schedule in steps (overrides --epochs)")
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of the schedule)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of the schedule, at most 200)")
     p.add_argument("--metrics-per-arch", type=int, default=8, help="labels per architecture per step (0: all)")
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch)")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch, at most 500)")
     p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
     p.add_argument("--eval-samples", type=int, default=1, help="decoder samples per prediction when scoring")
     p.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping early")
@@ -268,10 +270,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_holdout(path: str) -> set[tuple[str, str]]:
-    doc = json.loads(Path(path).read_text())
-    pairs = doc["split"]["val_archs"] if isinstance(doc, dict) else doc
-    return {(s, a) for s, a in pairs}
+def read_archs(path: str) -> set[tuple[str, str]]:
+    """(space, arch) pairs from a JSON file: a list of pairs, ``{"archs": [...]}`` (the benchmarks'
+    test split) or an earlier run's ``metrics.json`` (its ``split.val_archs``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        pairs = doc if isinstance(doc, list) else doc["archs"] if "archs" in doc else doc["split"]["val_archs"]
+        return {(str(s), str(a)) for s, a in pairs}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: expected a JSON list of [space, arch] pairs, {{\"archs\": [...]}} or a metrics.json "
+                        f"with split.val_archs ({type(e).__name__}: {e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +304,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     from rlm_nas.tokenizers.text import TextTokenizer
 
     t0 = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     log = (lambda *a: print(*a, flush=True)) if dist.main else (lambda *a: None)
     ckpt_dir = find_last(out) if args.resume else None
@@ -317,11 +327,14 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         examples += syn.examples
         report.append(syn.summary())
     log(format_report(report))
+    if args.exclude:  # e.g. the benchmarks' test split: neither trained on nor used for early stopping
+        examples, dropped = hold_out(examples, read_archs(args.exclude))
+        log(f"--exclude {args.exclude}: {len({(e.space, e.arch) for e in dropped})} architectures ({len(dropped)} labels) left out")
     if state:
         held = {tuple(a) for a in state["val_archs"]}
         train_ex, val_ex = hold_out(examples, held)
     elif args.holdout:
-        train_ex, val_ex = hold_out(examples, _load_holdout(args.holdout))
+        train_ex, val_ex = hold_out(examples, read_archs(args.holdout))
     else:
         train_ex, val_ex = split_by_arch(examples, args.val_fraction, args.seed)
     train_items, val_items = group_by_arch(train_ex), group_by_arch(val_ex)
@@ -352,9 +365,10 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     per_step = args.batch_size * dist.world
     steps_per_epoch = math.ceil(len(train_items) / per_step)
     total = args.max_steps or max(1, round(args.epochs * steps_per_epoch))
-    warmup = args.warmup if args.warmup is not None else max(1, total // 20)
+    # Capped: a CPU run stopped by --max-minutes may see only a few hundred steps of a long schedule.
+    warmup = args.warmup if args.warmup is not None else max(1, min(200, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
-    eval_every = args.eval_every or steps_per_epoch
+    eval_every = args.eval_every or min(steps_per_epoch, 500)
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_fast(dist.device))
     step, best, bad_evals, history, elapsed0 = 0, None, 0, [], 0.0
     if state:
@@ -447,7 +461,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         "steps": step, "total_steps": total, "stopped": stopped, "history": history,
         "elapsed_s": round(elapsed0 + time.monotonic() - t0, 1),
         "sources": report,
-        "split": {"val_fraction": args.val_fraction, "seed": args.seed, "holdout": args.holdout,
+        "split": {"val_fraction": args.val_fraction, "seed": args.seed, "holdout": args.holdout, "exclude": args.exclude,
                   "val_archs": sorted([list(k) for k in {(e.space, e.arch) for e in val_ex}])},
     }
     if dist.main:

@@ -226,3 +226,13 @@ def test_shared_help_latency_counts(shared_data):
     assert (len(acc.examples), acc.missing) == (3 * 14125, 3 * 1500)
     nb301 = load_nb301(shared_data / "nb301/zc_nasbench301.json")
     assert (len(nb301.examples), nb301.missing) == (600, 0)
+
+
+def test_shared_load_dir(shared_data):
+    examples, report = load_dir(shared_data, progress=False)
+    by = {r["source"]: r for r in report}
+    assert sum(1 for s in by if s.startswith("help/nasbench201/latency/")) == 22
+    assert sum(1 for s in by if s.startswith("help/fbnet/latency/")) == 22
+    assert by["nb201/flops_params.csv"]["examples"] == 0 and "skipped" in by["nb201/flops_params.csv"]["note"]
+    assert len(examples) == 22 * 14125 + 22 * 4500 + 3 * 14125 + 600
+    assert len({(e.space, e.arch) for e in examples}) == 14125 + 4500 + 600  # reserved archs have no label at all

@@ -105,12 +105,17 @@ def test_resume_after_kill_continues_exactly(reference, data, tmp_path):
     assert same_weights(reference / "last", out / "last")  # as if it had never been interrupted
 
 
-def test_time_budget_leaves_a_usable_checkpoint(data, tmp_path):
+def test_time_budget_and_exclude(data, tmp_path, capsys):
     from rlm_nas.model import RLM
 
     out = tmp_path / "short"
-    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001"]) == 0
+    test_split = [["nb201", get_space("nb201").format(g)] for g in get_space("nb201").sample(40, seed=0)[:5]]
+    (tmp_path / "split.json").write_text(json.dumps({"archs": test_split}))  # as benchmarks/test_split.json
+    argv = ["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001", "--exclude", str(tmp_path / "split.json")]
+    assert main(argv) == 0
+    assert "5 architectures (10 labels) left out" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
+    assert not {tuple(a) for a in test_split} & {tuple(a) for a in m["split"]["val_archs"]}
     assert m["steps"] == 1 and "--max-minutes" in m["stopped"]
     assert (out / "last" / "state.pt").is_file()
     rlm = RLM.from_pretrained(out)
