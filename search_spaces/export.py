@@ -18,6 +18,23 @@ import torch
 OPSET = 17
 
 
+def _channel_shuffle(g, x, groups):
+    """ONNX for ``aten::channel_shuffle`` (FBNet's grouped blocks), which the exporter lacks.
+
+    Reshape to (N, groups, C/groups, H*W), swap the two channel axes, reshape back to x's shape.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    groups = sh._get_const(groups, "i", "groups")
+    channels = sh._get_tensor_sizes(x)[1]
+    split = g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([0, groups, channels // groups, -1])))
+    swapped = g.op("Transpose", split, perm_i=[0, 2, 1, 3])
+    return g.op("Reshape", swapped, g.op("Shape", x))
+
+
+torch.onnx.register_custom_op_symbolic("aten::channel_shuffle", _channel_shuffle, OPSET)
+
+
 def export_onnx(module: torch.nn.Module, example_input: torch.Tensor | tuple) -> onnx.ModelProto:
     """Export ``module`` in eval mode with ``example_input`` (a tensor or a tuple of tensors).
 
@@ -48,7 +65,8 @@ def export_onnx(module: torch.nn.Module, example_input: torch.Tensor | tuple) ->
             try:
                 torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET)
             except Exception as e:  # noqa: BLE001 - unsupported ops and the like
-                raise ValueError(f"export_onnx: torch.onnx.export failed: {type(e).__name__}: {e}") from e
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ValueError(f"export_onnx: torch.onnx.export failed: {type(e).__name__}: {first_line}") from e
     finally:
         module.train(was_training)
     model = onnx.load_model_from_string(buf.getvalue())

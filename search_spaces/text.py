@@ -21,29 +21,37 @@ block is a header ``NAME: SHAPE ...`` (shapes of its data inputs), one line per 
   pads, ``d`` dilations, ``g`` group, ``a`` axis written glued (``k3 s2 p1``), others as
   ``name=value``. A list whose entries are all equal is written once (``p1`` = pads 1,1,1,1).
 * ``INPUT``, in input order: an integer ``n`` is the value produced ``n`` values before this
-  node's first output (``1`` = the previous value; the block's data inputs are the first values);
-  ``w`` is a weight whose shape follows from the attributes and shapes (Conv, Gemm, MatMul and
-  normalisation weights), ``wSHAPE`` any other weight; ``c...`` a small integer or scalar
-  constant with its values (``c[1,-1]``, ``c0.5``); ``_`` a missing optional input. A call lists
-  only its data inputs; the weights it passes are those of the function body.
-* ``> SHAPE``: output shapes, omitted when a single output has the type of the first input.
+  node's first output (``1`` = the previous value; a block's data inputs are its first values).
+  The usual case, a node whose only data input is its first input and the previous value,
+  writes no number; a node without any data input writes ``-``. Weights: required weights of
+  Conv, ConvTranspose, Gemm, MatMul and the normalisations are not written (their shapes
+  follow from attributes and shapes), a bias is ``w``, any other weight ``wSHAPE``. ``c...``
+  is a small integer or scalar constant with its values (``c[1,-1]``, ``c0.5``), ``_`` a
+  missing optional input. A call lists only its data inputs; the weights it passes are those
+  of the function body.
+* ``> SHAPE``: output shapes, omitted when a single output has the type of the first data input.
   The batch (leading) dimension of every tensor of rank >= 2 is dropped; an unknown dimension
   is ``?``; a type other than float32 is appended as ``:i64``, ``:f16``, ...
 
-Example, a 2-layer CNN whose second layer is a function::
+Example: a stem, two calls of a residual block function (ReLU, depthwise 3x3, pointwise 1x1,
+BN, add), pooling and a classifier::
 
     F0: 8x32x32
-    Conv k3 p1 g8 1 w w
-    Relu 1
-    Add 1 3
-    out 1
+    Relu
+    Conv k3 p1 g8
+    Conv k1
+    BN
+    Add 1 5
+    out
     main: 3x32x32
-    Conv k3 p1 1 w w > 8x32x32
-    F0 1
-    GAP 1 > 8x1x1
-    Flatten 1 > 8
-    Gemm 1 w w > 10
-    out 1
+    Conv k3 p1 > 8x32x32
+    F0
+    F0
+    MaxPool k2 s2 > 8x16x16
+    GAP > 8x1x1
+    Flatten > 8
+    Gemm transB=1 w > 10
+    out
 
 Shapes inside a function body come from ONNX shape inference on the body with the input types of
 the call (``onnx.shape_inference`` does not fill function bodies itself); a function called with
@@ -133,7 +141,7 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
     try:
         return onnx.ModelProto.FromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise ValueError(f"not an ONNX model: {what} do not parse as onnx.ModelProto ({e})") from None
+        raise ValueError(f"not an ONNX model: cannot parse {what} as onnx.ModelProto ({e})") from None
 
 
 # --- small formatters ------------------------------------------------------------------------

@@ -99,3 +99,18 @@ def test_export_onnx_errors():
         export_onnx(SmallNet(), [1, 2, 3])
     with pytest.raises(ValueError, match=r"fails on example_input of shape \(1, 5, 32, 32\)"):
         export_onnx(SmallNet(), torch.zeros(1, 5, 32, 32))
+
+
+def test_export_onnx_channel_shuffle():
+    import numpy as np
+    import onnxruntime as ort
+
+    from search_spaces import export_onnx
+
+    net = nn.Sequential(nn.Conv2d(4, 8, 1), nn.ChannelShuffle(2), nn.Conv2d(8, 8, 3, padding=1, groups=2))
+    x = torch.randn(1, 4, 6, 6)
+    model = export_onnx(net, x)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(x).numpy(), rtol=1e-4, atol=1e-5)
