@@ -26,7 +26,8 @@ block is a header ``NAME: SHAPE ...`` (shapes of its data inputs), one line per 
   writes no number; a node without any data input writes ``-``. Weights: required weights of
   Conv, ConvTranspose, Gemm, MatMul and the normalisations are not written (their shapes
   follow from attributes and shapes), a bias is ``w``, any other weight ``wSHAPE``. ``c...``
-  is a small integer or scalar constant with its values (``c[1,-1]``, ``c0.5``), ``_`` a
+  is a small integer or scalar constant with its values (``c[1,-1]``, ``c0.5``; ``max`` and
+  ``min`` stand for the int64 limits, as in Slice ends), ``_`` a
   missing optional input. A call lists only its data inputs; the weights it passes are those
   of the function body.
 * ``> SHAPE``: output shapes, omitted when a single output has the type of the first data input.
@@ -180,10 +181,15 @@ def _fmt_type(t: _Type | None, drop_batch: bool = True) -> str:
     return text
 
 
+_INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
+
+
 def _fmt_number(v) -> str:
     if isinstance(v, (float, np.floating)):
         return format(float(v), ".6g")
-    return str(int(v))
+    v = int(v)
+    # Slice ends "to the end" are INT64_MAX in exported graphs: 19 digits that say "max".
+    return "max" if v == _INT64_MAX else "min" if v == _INT64_MIN else str(v)
 
 
 def _fmt_values(values: Sequence) -> str:

@@ -196,6 +196,16 @@ def test_non_default_types_and_attributes_are_written():
     assert text == "main: 5\nSoftmax a1\nLeakyRelu alpha=0.2\nShape 3 > 2:i64\nCast to=10 4 > 5:f16\nout 2 1 3\n"
 
 
+def test_constants_are_folded_into_their_users():
+    # Slice(x, starts=[1], ends=[INT64_MAX], axes=[2]) with Constant-node operands: the constants
+    # get no line of their own, and the int64 limit is written "max".
+    gb = GraphBuilder()
+    x = gb.input("input", (1, 4, 8, 8))
+    y = gb.node("Slice", [x, gb.constant([1]), gb.constant([2**63 - 1]), gb.constant([2])])
+    text = onnx_to_text(gb.build({y: (1, 4, 7, 8)}))
+    assert text == "main: 4x8x8\nSlice c[1] c[max] c[2] > 4x7x8\nout\n"
+
+
 # --- canonical form --------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [cell_net, branchy_model], ids=["functions", "branches"])
 def test_invariant_to_names_and_node_order(make):
