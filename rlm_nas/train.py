@@ -22,7 +22,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -419,6 +421,18 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     module.train()
     running = None
     stopped = "schedule finished"
+    interrupted = []
+
+    def on_signal(signum, frame):
+        """Ctrl-C / SIGTERM: finish the current step, then checkpoint and save as if time ran out
+        (a second signal aborts at once)."""
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signal.Signals(signum).name)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal() works only there
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc="train", disable=not dist.main or args.no_progress, dynamic_ncols=True)
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
@@ -444,10 +458,13 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         if step % args.checkpoint_every == 0:
             checkpoint()
         out_of_time = args.max_minutes is not None and time.monotonic() - t0 > 60 * args.max_minutes
-        if dist.broadcast_flag(out_of_time) and step < total:
-            stopped = f"--max-minutes {args.max_minutes} ran out at step {step}"
+        if dist.broadcast_flag(out_of_time or bool(interrupted)) and step < total:
+            stopped = (f"{interrupted[0]} at step {step}" if interrupted else
+                       f"--max-minutes {args.max_minutes} ran out at step {step}")
             break
     bar.close()
+    for sig, old in handlers.items():
+        signal.signal(sig, old)
     checkpoint()  # resumable from exactly here
     if not history or history[-1]["step"] != step:
         validate()  # score the final weights too; also guarantees OUT/ holds a model
