@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="default", help="'default' (shipped) or a checkpoint path")
     p.add_argument("--acquisition", choices=("thompson", "ucb", "mean"), default="thompson")
+    p.add_argument("--pool-size", type=int, default=16,
+                   help="new candidates the RLM scores per trial (default: %(default)s; more is slower, searches wider)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: %(default)s; the RLM's small batches gain little from more, "
                         "and extra threads slow to a crawl when other processes share the cores)")
@@ -70,6 +72,8 @@ def _check_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--latency-budget must be a positive number of ms, got {a.latency_budget}")
     if a.trials < 1:
         p.error(f"--trials must be >= 1, got {a.trials}")
+    if a.pool_size < 1:
+        p.error(f"--pool-size must be >= 1, got {a.pool_size}")
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.timeout <= 0:
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     objectives = [a.objective] + ([latency] if latency and a.latency_budget is None and latency != a.objective else [])
     constraints = {latency: a.latency_budget} if a.latency_budget is not None else {}
     # Fine-tuning on the surrogate's own predictions would teach it nothing: only on real values.
-    sampler = RLMSampler(space, objectives, constraints, checkpoint=rlm, acquisition=a.acquisition,
+    sampler = RLMSampler(space, objectives, constraints, checkpoint=rlm, acquisition=a.acquisition, pool_size=a.pool_size,
                          online_finetune=a.evaluate == "cmd", seed=a.seed)
     name = a.study_name or f"rlm-{a.space}"
     storage = a.storage
@@ -264,7 +268,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
         onnx.save(model, out / "best.onnx")
         (out / "best.txt").write_text(best["arch"] + "\n")
     if a.device and done:
-        _plot(records, front, objectives, f"latency:{a.device}", constraints, out / "pareto.png")
+        _plot(records, front if len(objectives) > 1 else [best], objectives, f"latency:{a.device}", constraints, out / "pareto.png")
     _table(front[:10], objectives, sampler.metrics, a.evaluate, len(records))
     print(f"results: {out / 'results.json'}" + (f", best: {out / 'best.txt'}" if best else ", no feasible trial completed"))
     return results
@@ -296,23 +300,34 @@ def _table(rows: list[dict], objectives: list[str], metrics: tuple[str, ...], ev
 
 
 def _plot(records, front, objectives, latency, constraints, path: Path) -> None:
-    """Objective vs latency: predicted medians with p10–p90 bars, the front, the budget."""
+    """Objective vs latency: the RLM's predictions (median, p10–p90 bars) in grey, the trials'
+    values (latency as predicted where none was measured) on top, the best/front in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     obj = objectives[0]
-    rows = [r for r in records if r["predicted"] and obj in r["predicted"] and latency in r["predicted"]]
+    rows = [r for r in records if r["state"] == "COMPLETE" and r["predicted"] and {obj, latency} <= r["predicted"].keys()]
+
+    def value(r, metric):
+        vals = [r["value"]] if "value" in r else r["values"]
+        if metric in objectives:
+            return vals[objectives.index(metric)]
+        return r.get("measured", {}).get(metric, r["predicted"][metric]["median"])
+
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for sel, style in ((rows, dict(fmt="o", color="0.6", ms=3, alpha=0.6, label="trials (predicted)")),
-                       ([r for r in front if r in rows], dict(fmt="o", color="C3", ms=5, label="best / Pareto front"))):
-        if sel:
-            x = [r["predicted"][latency] for r in sel]
-            y = [r["predicted"][obj] for r in sel]
-            ax.errorbar([d["median"] for d in x], [d["median"] for d in y],
-                        xerr=[[d["median"] - d["p10"] for d in x], [d["p90"] - d["median"] for d in x]],
-                        yerr=[[d["median"] - d["p10"] for d in y], [d["p90"] - d["median"] for d in y]], elinewidth=0.6, **style)
+    if rows:
+        x = [r["predicted"][latency] for r in rows]
+        y = [r["predicted"][obj] for r in rows]
+        ax.errorbar([d["median"] for d in x], [d["median"] for d in y], fmt="o", color="0.7", ms=3, elinewidth=0.6,
+                    xerr=[[d["median"] - d["p10"] for d in x], [d["p90"] - d["median"] for d in x]],
+                    yerr=[[d["median"] - d["p10"] for d in y], [d["p90"] - d["median"] for d in y]],
+                    label="predicted (median, p10–p90)")
+        ax.scatter([value(r, latency) for r in rows], [value(r, obj) for r in rows], s=10, color="C0", zorder=3, label="trials")
+        top = [r for r in front if r in rows]
+        ax.scatter([value(r, latency) for r in top], [value(r, obj) for r in top], s=30, color="C3", zorder=4,
+                   label="Pareto front" if len(objectives) > 1 else "best")
     if latency in constraints:
         ax.axvline(constraints[latency], color="k", ls="--", lw=1, label=f"budget {constraints[latency]:g} ms")
     ax.set_xlabel(f"{latency} (ms)")
