@@ -24,6 +24,7 @@ import json
 import math
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import warnings
@@ -161,19 +162,38 @@ def main(argv: list[str] | None = None) -> int:
                 "use another --study-name")
     study.set_user_attr("setup", setup)
 
+    # Ctrl-C: a KeyboardInterrupt inside one of Optuna's storage commits leaves the study
+    # inconsistent, so it is raised only while a trial is being evaluated (no storage writes
+    # there; Optuna marks that trial failed). Anywhere else the search stops after the current
+    # trial is recorded.
+    stop = {"requested": False, "evaluating": False}
+
+    def on_sigint(signum, frame):
+        stop["requested"] = True
+        if stop["evaluating"]:
+            raise KeyboardInterrupt
+
+    def evaluate(g, arch: str) -> list[float]:
+        stop["evaluating"] = True
+        try:
+            if stop["requested"]:
+                raise KeyboardInterrupt  # asked for while this trial was sampled: do not start it
+            if a.evaluate == "surrogate":
+                pred = sampler.predict([g], num_samples=SURROGATE_SAMPLES, seed=arch_seed(arch, a.seed))
+                return [float(pred.column(m)["median"][0]) for m in sampler.metrics]
+            return _run_cmd(a.evaluate_cmd, arch, a.timeout, len(objectives), len(objectives) + len(constraints))
+        finally:
+            stop["evaluating"] = False
+
     def objective(trial):
         g = space.suggest(trial)
         arch = space.format(g)
         trial.set_user_attr("arch", arch)
-        if a.evaluate == "surrogate":
-            pred = sampler.predict([g], num_samples=SURROGATE_SAMPLES, seed=arch_seed(arch, a.seed))
-            values = [float(pred.column(m)["median"][0]) for m in sampler.metrics]
-        else:
-            try:
-                values = _run_cmd(a.evaluate_cmd, arch, a.timeout, len(objectives), len(objectives) + len(constraints))
-            except EvaluationError as e:
-                trial.set_user_attr("error", str(e))
-                raise
+        try:
+            values = evaluate(g, arch)
+        except EvaluationError as e:
+            trial.set_user_attr("error", str(e))
+            raise
         for m, v in zip(constraints, values[len(objectives):]):
             trial.set_user_attr(m, v)  # the measured constraint value; the sampler records it
         return values[: len(objectives)]
@@ -186,18 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.evaluate == "surrogate":
         print(f"surrogate search: each trial's value is the RLM's median of {SURROGATE_SAMPLES} samples "
               f"(checkpoint {a.checkpoint!r}); no network is trained or timed", file=sys.stderr)
-    interrupted = False
     with tqdm(total=max(remaining, 0), desc=f"{a.space} search", unit="trial") as bar:
         def on_trial(study, trial):
             bar.update(1)
             if trial.state == optuna.trial.TrialState.FAIL:
                 bar.set_postfix_str(f"trial {trial.number} failed")
+            if stop["requested"]:
+                study.stop()
 
+        previous = signal.signal(signal.SIGINT, on_sigint)
         try:
             if remaining > 0:
                 study.optimize(objective, n_trials=remaining, callbacks=[on_trial], catch=(EvaluationError,))
-        except KeyboardInterrupt:  # Optuna has already marked the running trial failed
-            interrupted = True
+        except KeyboardInterrupt:  # Optuna has already marked the evaluated trial failed
+            pass
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    interrupted = stop["requested"]
     out = Path(a.out or Path("out") / name)
     report(study, space, sampler, objectives, constraints, a, out)
     if interrupted:

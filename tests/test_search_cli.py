@@ -205,9 +205,10 @@ def test_killed_run_resumes_without_losing_trials(tiny_checkpoint, tmp_path):  #
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_the_study_consistent_and_writes_results(tiny_checkpoint, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("delay", [0.5, 0.0], ids=["during-evaluation", "mostly-during-bookkeeping"])
+def test_ctrl_c_leaves_the_study_consistent_and_writes_results(tiny_checkpoint, tmp_path, delay):  # noqa: F811
     db = tmp_path / "study.db"
-    proc = _cli(tmp_path, f"sqlite:///{db}", 50, tiny_checkpoint, delay=0.5)
+    proc = _cli(tmp_path, f"sqlite:///{db}", 50, tiny_checkpoint, delay=delay)
     _wait_for(db, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
