@@ -1,4 +1,4 @@
-"""Architecture search from the command line: Optuna with :class:`~rlm_nas.optuna.RLMSampler`.
+"""Architecture search from the command line: Optuna with the RLM proposing candidates (RLMSampler).
 
 Examples::
 
@@ -40,7 +40,7 @@ class EvaluationError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     from search_spaces import SPACE_NAMES
 
-    p = argparse.ArgumentParser(prog="python -m rlm_nas.search", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m rlm_nas.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", required=True, choices=SPACE_NAMES, help="search space")
     p.add_argument("--objective", default="accuracy:cifar10", help="metric to optimize (default: %(default)s)")

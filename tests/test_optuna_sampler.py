@@ -30,6 +30,18 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no training data.*"), pytest.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # The tiny model's batches gain nothing from a second thread, and on a CPU shared with other
+    # jobs two threads spin against each other and run several times slower. Restored after.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make(rlm, **kw) -> RLMSampler:
     kw = {"objectives": ("accuracy:cifar10",), "pool_size": 4, "online_finetune": False, "seed": 0, **kw}
     return RLMSampler(SPACE, checkpoint=rlm, **kw)
