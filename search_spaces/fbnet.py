@@ -128,8 +128,8 @@ class FBNetSpace(Space[FBNetGenotype]):
         return self._spec(genotype, None).to_onnx(weights, batch_size, self.input_shape)
 
     def _spec(self, genotype: FBNetGenotype, num_classes: int | None):
-        """The network as a :mod:`search_spaces._layers` spec (the one description of it)."""
-        from search_spaces._layers import BN, Conv, Network, ReLU, Seq
+        """The network as a :mod:`search_spaces.layers` spec (the one description of it)."""
+        from search_spaces.layers import BN, Conv, Network, ReLU, Seq
 
         blocks = tuple(_block(name, *layer) for name, layer in zip(self.validate(genotype).blocks, LAYERS))
         return Network(
@@ -143,7 +143,7 @@ class FBNetSpace(Space[FBNetGenotype]):
 
 def _block(name: str, c_in: int, c_out: int, stride: int):
     """One searchable layer: FBNet's inverted-residual block ``name``, or ``skip``."""
-    from search_spaces._layers import BN, Conv, Identity, ReLU, Residual, Seq, Shuffle
+    from search_spaces.layers import BN, Conv, Identity, ReLU, Residual, Seq, Shuffle
 
     same_shape = c_in == c_out and stride == 1
     if name == "skip":

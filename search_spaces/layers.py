@@ -1,4 +1,4 @@
-"""Layer descriptions shared by the NB201 and FBNet builders.
+"""Layer descriptions shared by the NB201, FBNet and cell-space builders.
 
 A network is described once, as a tree of small frozen dataclasses ("specs"). Every spec has two
 interpreters that walk the same tree:
@@ -11,6 +11,9 @@ interpreters that walk the same tree:
 So ``build()`` and ``to_onnx()`` cannot drift apart. Specs are hashable and hold every channel
 count, kernel and stride, so a cell's or block's spec is also the key of the ONNX local function
 that holds its body: two positions share a function exactly when their bodies are identical.
+
+The primitives (:class:`Conv`, :class:`BN`, :class:`ReLU`, the pools, :class:`Linear`, ...) also
+serve :mod:`search_spaces.cell_ops`, which adds the DARTS-family ops on top of them.
 """
 
 from __future__ import annotations
@@ -26,27 +29,50 @@ from torch import nn
 
 from search_spaces.onnx_graph import GraphBuilder
 
-BN_EPS = 1e-5  # torch's BatchNorm2d default, which both spaces use
+BN_EPS = 1e-5  # torch's BatchNorm2d default, which every space uses
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass(frozen=True)
 class Conv:
-    """Bias-free ``k x k`` convolution with 'same' padding ``k // 2``."""
+    """Bias-free 2-D convolution.
+
+    ``k``, ``stride`` and ``pad`` are ints (square) or (height, width) pairs; ``pad`` defaults to
+    'same' padding, ``dilation * (k - 1) // 2`` per axis (``k // 2`` for an odd undilated
+    kernel). They are stored as pairs, so equal convolutions are equal specs however written.
+    """
 
     cin: int
     cout: int
-    k: int = 1
-    stride: int = 1
+    k: int | tuple[int, int] = 1
+    stride: int | tuple[int, int] = 1
     groups: int = 1
+    pad: int | tuple[int, int] | None = None
+    dilation: int = 1
+
+    def __post_init__(self) -> None:
+        k = _pair(self.k)
+        pad = tuple(self.dilation * (n - 1) // 2 for n in k) if self.pad is None else _pair(self.pad)
+        for name, value in (("k", k), ("stride", _pair(self.stride)), ("pad", pad)):
+            object.__setattr__(self, name, value)
 
     def module(self) -> nn.Module:
-        pad = self.k // 2
-        return nn.Conv2d(self.cin, self.cout, self.k, self.stride, pad, groups=self.groups, bias=False)
+        return nn.Conv2d(
+            self.cin, self.cout, self.k, self.stride, self.pad, self.dilation, self.groups, bias=False
+        )
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
-        w = gb.weight(prefix + "weight", (self.cout, self.cin // self.groups, self.k, self.k))
-        k, s, pad = [self.k] * 2, [self.stride] * 2, [self.k // 2] * 4
-        return gb.node("Conv", [x, w], kernel_shape=k, strides=s, pads=pad, group=self.groups)
+        w = gb.weight(prefix + "weight", (self.cout, self.cin // self.groups, *self.k))
+        (ph, pw), attrs = self.pad, {}
+        if self.dilation != 1:  # ONNX's default is 1: written only where it says something
+            attrs["dilations"] = [self.dilation] * 2
+        return gb.node(
+            "Conv", [x, w], kernel_shape=list(self.k), strides=list(self.stride), pads=[ph, pw, ph, pw],
+            group=self.groups, **attrs,
+        )
 
 
 @dataclass(frozen=True)
@@ -73,25 +99,52 @@ class ReLU:
 
 
 @dataclass(frozen=True)
-class AvgPool:
-    """Average pooling; padding, where there is any, is left out of the average (NB201's pool)."""
-
+class _Pool:
     k: int
     stride: int = 1
     pad: int = 0
+
+    def _attrs(self) -> dict[str, list[int]]:
+        return dict(kernel_shape=[self.k] * 2, strides=[self.stride] * 2, pads=[self.pad] * 4)
+
+
+@dataclass(frozen=True)
+class AvgPool(_Pool):
+    """``k x k`` average pooling; padding, where there is any, is left out of the average (the
+    pool of NB201 and of the DARTS-family cells)."""
 
     def module(self) -> nn.Module:
         return nn.AvgPool2d(self.k, self.stride, self.pad, count_include_pad=False)
 
     def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
-        return gb.node(
-            "AveragePool",
-            [x],
-            kernel_shape=[self.k] * 2,
-            strides=[self.stride] * 2,
-            pads=[self.pad] * 4,
-            count_include_pad=0,
-        )
+        return gb.node("AveragePool", [x], count_include_pad=0, **self._attrs())
+
+
+@dataclass(frozen=True)
+class MaxPool(_Pool):
+    """``k x k`` max pooling."""
+
+    def module(self) -> nn.Module:
+        return nn.MaxPool2d(self.k, self.stride, self.pad)
+
+    def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
+        return gb.node("MaxPool", [x], **self._attrs())
+
+
+@dataclass(frozen=True)
+class Linear:
+    """``nn.Linear`` (with bias); in ONNX a Gemm."""
+
+    cin: int
+    cout: int
+
+    def module(self) -> nn.Module:
+        return nn.Linear(self.cin, self.cout)
+
+    def emit(self, gb: GraphBuilder, x: str, prefix: str) -> str:
+        w = gb.weight(prefix + "weight", (self.cout, self.cin))
+        b = gb.weight(prefix + "bias", (self.cout,))
+        return gb.node("Gemm", [x, w, b], transB=1)
 
 
 @dataclass(frozen=True)
@@ -214,7 +267,7 @@ class _Network(nn.Module):
         super().__init__()
         self.stem, self.blocks, self.head = stem, nn.ModuleList(blocks), head
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(features, num_classes)
+        self.classifier = Linear(features, num_classes).module()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -247,9 +300,7 @@ class Network:
             body = functools.partial(_emit_body, block)
             x = gb.call(block, type(block).__name__.lower(), body, [x], prefix=f"blocks.{i}.")
         x = gb.node("Flatten", [gb.node("GlobalAveragePool", [self.head.emit(gb, x, "head.")])], axis=1)
-        w = gb.weight("classifier.weight", (self.num_classes, self.features))
-        b = gb.weight("classifier.bias", (self.num_classes,))
-        y = gb.node("Gemm", [x, w, b], transB=1)
+        y = Linear(self.features, self.num_classes).emit(gb, x, "classifier.")
         return gb.build({y: (batch_size, self.num_classes)})
 
 

@@ -102,8 +102,8 @@ class NB201Space(Space[NB201Genotype]):
         return self._spec(genotype, None).to_onnx(weights, batch_size, self.input_shape)
 
     def _spec(self, genotype: NB201Genotype, num_classes: int | None):
-        """The network as a :mod:`search_spaces._layers` spec (the one description of it)."""
-        from search_spaces._layers import BN, AvgPool, Cell, Conv, Identity, Network, ReLU, Residual, Seq, Zero
+        """The network as a :mod:`search_spaces.layers` spec (the one description of it)."""
+        from search_spaces.layers import BN, AvgPool, Cell, Conv, Identity, Network, ReLU, Residual, Seq, Zero
 
         def relu_conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> tuple:
             return (ReLU(), Conv(c_in, c_out, k, stride), BN(c_out))

@@ -7,8 +7,6 @@ import json
 import random
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,6 +16,8 @@ from torch import nn
 from search_spaces import NDS_SPACES, InvalidGenotype, get_space
 from search_spaces.cell import DARTS_OPS, CellGenotype, CellSpace, macro_plan
 from search_spaces.profile import count_flops, count_params
+from tests.spaces_helpers import assert_onnx_matches_torch, randomize_bn
+from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
 
 ALL = (*NDS_SPACES, "nb301")
 
@@ -32,15 +32,6 @@ DARTS_V2 = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks are small: on a busy machine extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def genotypes(space) -> st.SearchStrategy[CellGenotype]:
     """Genotypes built from parameters drawn over the space's distributions."""
     params = st.fixed_dictionaries({k: st.sampled_from(d.choices) for k, d in space.distributions().items()})
@@ -52,24 +43,6 @@ def with_reduce_skip(space, g: CellGenotype) -> CellGenotype:
     params = space.to_params(g)
     params["reduce/op_2_0"], params["reduce/input_2_0"] = "skip_connect", 0
     return space.from_params(params)
-
-
-def randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics, so that evaluation-mode BN is really checked."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-    return model.eval()
-
-
-def run_onnx(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"input": x.numpy()})[0]
 
 
 # --- the spaces --------------------------------------------------------------------------------
@@ -361,12 +334,7 @@ def test_onnx_matches_torch(name):
         sampled = [dataclasses.replace(g, width=w, depth=d) for g, w, d in zip(sampled, (16, 24, 32), (4, 8, 4))]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for g in [*sampled, with_reduce_skip(space, sampled[0])]:
-        model = randomize_bn(space.build(g))
-        m = space.to_onnx(g, weights=model, batch_size=2)
-        onnx.checker.check_model(m, full_check=True)
-        with torch.no_grad():
-            expected = model(x).numpy()
-        assert np.abs(run_onnx(m, x) - expected).max() <= 1e-4
+        assert_onnx_matches_torch(space, g, x)  # to 1e-4
 
 
 @pytest.mark.parametrize("name", ALL)

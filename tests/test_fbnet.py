@@ -8,8 +8,6 @@ import re
 from collections import Counter
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given
@@ -18,6 +16,8 @@ from torch import nn
 
 from search_spaces import InvalidGenotype, get_space
 from search_spaces.fbnet import BLOCKS, LAYERS, PARAMS, FBNetGenotype
+from tests.spaces_helpers import assert_onnx_matches_torch, costs_by_part
+from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
 
 space = get_space("fbnet")
 genotypes = st.tuples(*[st.sampled_from(BLOCKS)] * 22).map(FBNetGenotype)
@@ -25,21 +25,6 @@ genotypes = st.tuples(*[st.sampled_from(BLOCKS)] * 22).map(FBNetGenotype)
 # HELP's first FBNet architecture (metainfo.pt arch[0]).
 HELP_0_INDICES = [7, 8, 1, 8, 4, 8, 8, 8, 7, 4, 1, 4, 7, 3, 2, 7, 3, 2, 4, 2, 4, 5]
 HELP_0 = FBNetGenotype(tuple(BLOCKS[i] for i in HELP_0_INDICES))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks are tiny: on a busy machine extra threads only add contention (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_onnx(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"input": x.numpy()})[0]
 
 
 # --- string and index forms -------------------------------------------------------------------------
@@ -156,30 +141,11 @@ EQUIVALENCE_CASES = [
 ]
 
 
-def randomized(net: nn.Module) -> nn.Module:
-    """``net`` in eval mode with non-trivial BatchNorm statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-    return net.eval()
-
-
 @pytest.mark.parametrize("g", EQUIVALENCE_CASES, ids=lambda g: ",".join(g.blocks[:3]))
 def test_onnx_is_valid_and_matches_torch(g):
     torch.manual_seed(0)
-    net = randomized(space.build(g))
-    model = space.to_onnx(g, weights=net, batch_size=2)
-    onnx.checker.check_model(model, full_check=True)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = net(x).numpy()
-    got = run_onnx(model, x)
+    got = assert_onnx_matches_torch(space, g)  # to 1e-4
     assert got.shape == (2, 100)
-    assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_onnx_writes_each_distinct_block_once_and_names_weights_by_state_dict():
@@ -201,19 +167,7 @@ def test_onnx_writes_each_distinct_block_once_and_names_weights_by_state_dict():
 #     inverted-residual block's 1x1 expansion, which is not counted;  AdaptiveAvgPool2d: 1 per
 #     input element;  channel shuffles and residual additions: 0.
 # Params are all parameters, BatchNorm's affine ones included. Every row then matches exactly.
-def _flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    n = output.numel()
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return n * module.weight[0].numel()  # fan-in of one output element
-    if isinstance(module, nn.BatchNorm2d):
-        return 2 * n
-    if isinstance(module, nn.ReLU):
-        return n
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        return inputs[0].numel()
-    return 0
-
-
+# (spaces_helpers.leaf_flops; the network has no AvgPool2d.)
 def costs_by_layer(net: nn.Module) -> tuple[Counter, Counter]:
     """FLOPs and params of ``net`` on one image, per searchable layer (``blocks.<i>``) and ``fixed``."""
     # An inverted-residual block has two ReLUs (after the expansion and after the depthwise conv);
@@ -223,19 +177,12 @@ def costs_by_layer(net: nn.Module) -> tuple[Counter, Counter]:
         relus = [m for m in block.modules() if isinstance(m, nn.ReLU)]
         if len(relus) == 2:
             uncounted.add(relus[0])
-    flops, params = Counter(), Counter()
-    handles = []
-    for name, m in net.named_modules():
-        if next(m.children(), None) is None and m not in uncounted:
-            match = re.match(r"blocks\.\d+", name)
-            part = match.group(0) if match else "fixed"
-            params[part] += sum(p.numel() for p in m.parameters())
-            handles.append(m.register_forward_hook(lambda m, i, o, part=part: flops.update({part: _flops(m, i, o)})))
-    with torch.no_grad():
-        net.eval()(torch.zeros(1, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    return flops, params
+
+    def part_of(name: str) -> str:
+        match = re.match(r"blocks\.\d+", name)
+        return match.group(0) if match else "fixed"
+
+    return costs_by_part(net, part_of, uncounted)
 
 
 def test_flops_and_params_match_nasflat(shared_data):

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import Counter
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch import nn
 
 from search_spaces import InvalidGenotype, get_space
 from search_spaces.nb201 import OPS, PARAMS, NB201Genotype
+from tests.spaces_helpers import assert_onnx_matches_torch, costs_by_part
+from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
 
 space = get_space("nb201")
 genotypes = st.tuples(*[st.sampled_from(OPS)] * 6).map(NB201Genotype)
@@ -24,21 +22,6 @@ genotypes = st.tuples(*[st.sampled_from(OPS)] * 6).map(NB201Genotype)
 # The best-known cell of NB201 (a ResNet-like cell) and its ops in string order.
 RESNETISH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 RESNETISH_OPS = ("nor_conv_3x3", "nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_3x3", "skip_connect")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks are tiny: on a busy machine extra threads only add contention (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_onnx(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"input": x.numpy()})[0]
 
 
 # --- string form ----------------------------------------------------------------------------------
@@ -163,31 +146,11 @@ EQUIVALENCE_CASES = [
 ]
 
 
-def randomized(net: nn.Module) -> nn.Module:
-    """``net`` in eval mode with non-trivial BatchNorm statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-    return net.eval()
-
-
 @pytest.mark.parametrize("text", EQUIVALENCE_CASES)
 def test_onnx_is_valid_and_matches_torch(text):
-    g = space.parse(text)
     torch.manual_seed(0)
-    net = randomized(space.build(g))
-    model = space.to_onnx(g, weights=net, batch_size=2)
-    onnx.checker.check_model(model, full_check=True)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = net(x).numpy()
-    got = run_onnx(model, x)
+    got = assert_onnx_matches_torch(space, space.parse(text))  # to 1e-4
     assert got.shape == (2, 10)
-    assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_onnx_writes_each_distinct_cell_once_and_names_weights_by_state_dict():
@@ -213,37 +176,7 @@ def test_onnx_writes_each_distinct_cell_once_and_names_weights_by_state_dict():
 #   AdaptiveAvgPool2d: 1 per input element;  skip, none and the node sums: 0.
 # Params are all parameters, BatchNorm's affine ones included. The per-op costs then match every
 # row exactly; only a constant 1,088 FLOPs (0.014% of the smallest network) stays unexplained.
-def _flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    n = output.numel()
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return n * module.weight[0].numel()  # fan-in of one output element
-    if isinstance(module, nn.BatchNorm2d):
-        return 2 * n
-    if isinstance(module, nn.ReLU):
-        return n
-    if isinstance(module, nn.AvgPool2d):
-        return n * module.kernel_size**2
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        return inputs[0].numel()
-    return 0
-
-
-def costs_by_part(net: nn.Module, part_of) -> tuple[Counter, Counter]:
-    """FLOPs and params of ``net`` on one image, summed per ``part_of(leaf module name)``."""
-    flops, params = Counter(), Counter()
-    handles = []
-    for name, m in net.named_modules():
-        if next(m.children(), None) is None:
-            part = part_of(name)
-            params[part] += sum(p.numel() for p in m.parameters())
-            handles.append(m.register_forward_hook(lambda m, i, o, part=part: flops.update({part: _flops(m, i, o)})))
-    with torch.no_grad():
-        net.eval()(torch.zeros(1, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    return flops, params
-
-
+# (spaces_helpers.leaf_flops.)
 def _edge(name: str) -> str:
     """``blocks.<b>.edges.<k>`` for a cell edge's layers, ``fixed`` for the rest of the network."""
     match = re.match(r"blocks\.\d+\.edges\.\d+", name)
