@@ -376,7 +376,8 @@ def check_exclusion(checkpoint: str, split: str) -> str:
     path = (DEFAULT_CHECKPOINT if checkpoint == "default" else Path(checkpoint)) / "metrics.json"
     try:
         excluded = json.loads(path.read_text())["split"]["exclude"]
-        same = excluded and {tuple(a) for a in json.loads(Path(excluded).read_text())["archs"]} == \
+        file = Path(excluded) if Path(excluded).is_file() else ROOT / excluded  # relative to the training's cwd
+        same = excluded and {tuple(a) for a in json.loads(file.read_text())["archs"]} == \
             {tuple(a) for a in json.loads(Path(split).read_text())["archs"]}
     except (OSError, KeyError, TypeError, ValueError) as e:
         return f"WARNING: could not confirm that the checkpoint's training excluded the test split ({path}: {e})."

@@ -122,7 +122,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="architectures per model batch (default: %(default)s)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="write invalid lines with empty values (and warn) instead of stopping")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s; decoding is many small ops, and extra threads slow to a crawl "
+                        "when other processes share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     return p
 
@@ -152,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlm_nas.model import RLM, CheckpointError
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     try:
         rlm = RLM.from_pretrained(a.checkpoint)
     except (FileNotFoundError, CheckpointError) as e:
