@@ -141,7 +141,7 @@ def main(argv=None) -> int:
           f"{args.n} archs x {args.repeats} repeats (median), {args.samples} samples per metric, batch {args.batch_size}, "
           f"{args.threads} torch threads, checkpoint {args.checkpoint} ({rlm!r}, loaded once in {load_s:.1f} s, not counted). "
           f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
-          "(above ~1 other processes shared the cores: wall figures are then pessimistic; archs per CPU-second much less so).\n",
+          f"(above {os.cpu_count()}, other processes shared the cores: wall figures are then pessimistic, archs per CPU-second much less so).\n",
           "| metrics | archs/s | archs/CPU-s | ms/arch | ONNX build | text | tokenize | encode | decode | other | target >= 25/s |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
