@@ -30,13 +30,49 @@ from rlm_nas.train import Texts, autocast, bf16_fast
 STEPS, MAX_SECONDS, LR, BATCH_SIZE = 60, 60.0, 3e-4, 8
 
 
+def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
+    """For each metric of ``examples`` that ``rlm`` does not know: the known metric of the same kind
+    (``latency:*``) whose predictions on those architectures rank them most like the measured values.
+
+    This is the few-shot "hardware embedding" of HELP in its simplest form: a handful of measured
+    architectures locate the new device among the known ones, and the new device starts from that
+    one's embedding instead of the average device's. Greedy predictions, Spearman; only metrics
+    the model was trained on for the examples' space are candidates. Metrics with fewer than 3
+    distinct values, or no candidate, are left out (they start from the average).
+    """
+    from scipy.stats import spearmanr
+
+    from rlm_nas.model import _kind
+
+    chosen: dict[str, str] = {}
+    by_metric: dict[tuple[str, str], dict[str, float]] = {}
+    for e in examples:
+        if e.metric not in rlm.metrics:
+            by_metric.setdefault((e.space, e.metric), {})[e.arch] = e.value
+    for (space, metric), rows in sorted(by_metric.items()):
+        known = [m for m in rlm.metrics if _kind(m) == _kind(metric) and (space, m) in rlm.known_pairs]
+        if not known or len(set(rows.values())) < 3:
+            continue
+        archs = list(rows)
+        pred = rlm.predict(archs, known, space=space, num_samples=1, temperature=0).median
+        rho = [spearmanr(pred[:, j], list(rows.values()))[0] for j in range(len(known))]
+        rho = np.nan_to_num(np.asarray(rho, float), nan=-np.inf)
+        if np.isfinite(rho.max()):
+            chosen[metric] = known[int(rho.argmax())]
+    return chosen
+
+
 def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: float | None = MAX_SECONDS, lr: float = LR,
-             seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False, info: dict | None = None):
+             seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False, info: dict | None = None,
+             init: str = "nearest"):
     """Fine-tune ``rlm`` in place on ``examples`` and return it.
 
     Stops after ``steps`` optimizer steps or ``max_seconds`` of wall clock, whichever comes first
     (at least one step is always taken). Unknown metrics are added (:meth:`add_metrics`) and the
     (space, metric) pairs registered, so predictions for them are no longer flagged as extrapolated.
+    A new metric starts from the embedding of the known metric that ranks the examples best
+    (``init="nearest"``, see :func:`nearest_metric`) or of the average metric of its kind
+    (``init="mean"``).
     Torch's global RNG is left as it was: a search calling this repeatedly stays reproducible.
     Pass a dict as ``info`` to get ``steps`` taken, ``seconds`` and ``last_loss`` back.
     """
@@ -53,8 +89,11 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         new = sorted({e.metric for e in examples} - set(rlm.metrics))
+        if init not in ("nearest", "mean"):
+            raise ValueError(f"finetune: init must be 'nearest' or 'mean', got {init!r}")
+        like = nearest_metric(rlm, examples) if new and init == "nearest" else {}
         if new:
-            rlm.add_metrics(new)  # replaces the embedding parameter: the optimizer comes after
+            rlm.add_metrics(new, like=like)  # replaces the embedding parameter: the optimizer comes after
         rlm.register_pairs(sorted({(e.space, e.metric) for e in examples}))
         module = rlm.module
         device = next(module.parameters()).device
@@ -81,7 +120,7 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
                 break
     module.train(was_training)
     if info is not None:
-        info.update(steps=step + 1, seconds=round(time.monotonic() - t0, 2), last_loss=float(loss.item()))
+        info.update(steps=step + 1, seconds=round(time.monotonic() - t0, 2), last_loss=float(loss.item()), init=like)
     return rlm
 
 
@@ -97,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=["nearest", "mean"], default="nearest",
+                   help="a new metric starts from the known metric that ranks --train best, or from the average of its kind")
     return p
 
 
@@ -117,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     seen = args.metric in rlm.metrics
     info: dict = {}
     finetune(rlm, loaded.examples, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
-             progress=True, info=info)
+             progress=True, info=info, init=args.init)
     rlm.save_pretrained(Path(args.out))
+    if info["init"]:
+        print(f"{args.metric} started from the nearest known metric: {info['init'][args.metric]}")
     print(f"fine-tuned {'known' if seen else 'NEW'} metric {args.metric} on {args.space}: {info['steps']} steps in "
           f"{info['seconds']} s (last loss {info['last_loss']:.4f}); saved to {args.out}")
     return 0

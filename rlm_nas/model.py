@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,17 +192,23 @@ class RLM:
                 raise ValueError(f"register_pairs: space must be a non-empty one-line str, got {space!r}")
             self._known.add((space, metric))
 
-    def add_metrics(self, names: Sequence[str]) -> None:
+    def add_metrics(self, names: Sequence[str], like: Mapping[str, str] | None = None) -> None:
         """Grow the decoder vocabulary with new metric tokens (existing names are skipped).
 
-        A new row starts at the mean embedding of the metrics of the same kind (the part before
-        ``:``, e.g. every ``latency:*``), else of all metrics: a new device starts out predicting
-        like an average device, which fine-tuning then adjusts. Create optimizers after this call:
-        the embedding parameter is replaced.
+        A new row starts as a copy of the known metric ``like[name]`` when given (e.g. the device
+        whose latencies look most like the new one's: see :func:`rlm_nas.finetune.finetune`), else
+        at the mean embedding of the metrics of the same kind (the part before ``:``, e.g. every
+        ``latency:*``), else of all metrics: a new device starts out predicting like a similar or an
+        average device, which fine-tuning then adjusts. Create optimizers after this call: the
+        embedding parameter is replaced.
         """
+        like = dict(like or {})
         new = _check_new_metrics(self._metrics, [m for m in dict.fromkeys(names) if m not in self._metrics])
         if not new:
             return
+        for name, source in like.items():
+            if source not in self._metrics:
+                raise ValueError(f"add_metrics: like[{name!r}] = {source!r} is not a known metric; known: {', '.join(self._metrics)}")
         old = self.module.decoder.embed_tokens
         emb = nn.Embedding(old.num_embeddings + len(new), old.embedding_dim).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
@@ -210,7 +216,10 @@ class RLM:
             rows = old.weight[N_NUM:]
             for j, name in enumerate(new):
                 same = [i for i, m in enumerate(self._metrics) if _kind(m) == _kind(name)]
-                emb.weight[old.num_embeddings + j] = rows[same].mean(0) if same else rows.mean(0)
+                if name in like:
+                    emb.weight[old.num_embeddings + j] = rows[self._metrics.index(like[name])]
+                else:
+                    emb.weight[old.num_embeddings + j] = rows[same].mean(0) if same else rows.mean(0)
         self.module.decoder.set_input_embeddings(emb)
         self._metrics += new
 

@@ -17,6 +17,7 @@ checkpointed. ``--max-minutes`` only decides *when* to stop, never what a step c
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -236,13 +237,13 @@ def save_best(out: Path, rlm) -> None:
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
 RUN_ARGS = ("config", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
-            "checkpoint_every", "precision", "holdout", "exclude", "clip")
+            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlm_nas.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="folder laid out like shared/data (plus your own sweeps/CSVs)")
+    p.add_argument("--data", required=True, nargs="+", help="folder(s) laid out like shared/data, or of your own sweeps/CSVs (e.g. measurements/)")
     p.add_argument("--out", required=True, help="output folder: best model, metrics.json, last/ (training state)")
     p.add_argument("--config", default="small", choices=["tiny", "small", "base"], help="model size preset")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this invocation; a checkpoint is saved when it runs out")
@@ -251,6 +252,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of ARCHITECTURES held out per space")
     p.add_argument("--holdout", default=None, help="JSON file of [space, arch] pairs to hold out instead (or a metrics.json of an earlier run)")
     p.add_argument("--exclude", default=None, help="JSON file of [space, arch] pairs (or {\"archs\": [...]}) never to train or validate on")
+    p.add_argument("--exclude-metrics", nargs="+", default=[], metavar="PATTERN",
+                   help="metrics never to train or validate on, as fnmatch patterns (e.g. 'latency:pixel*'): "
+                        "a checkpoint that has never seen a device, for few-shot adaptation benchmarks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 can be faster on a busy machine)")
     p.add_argument("--batch-size", type=int, default=16, help="architectures per step (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -316,14 +320,18 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     state = torch.load(ckpt_dir / STATE_FILE, weights_only=False) if ckpt_dir else None
     if state:  # the run is defined by its checkpoint; only the time budget comes from this command
         for k in RUN_ARGS:
-            setattr(args, k, state["args"][k])
+            setattr(args, k, state["args"].get(k, getattr(args, k)))  # .get: checkpoints from before an argument existed
         log(f"resuming {ckpt_dir} at step {state['step']}")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
     # --- data -----------------------------------------------------------------------------
-    examples, report = load_dir(args.data, progress=dist.main and not args.no_progress)
+    examples, report = [], []
+    for folder in args.data:
+        found, found_report = load_dir(folder, progress=dist.main and not args.no_progress)
+        examples += found
+        report += found_report
     if args.synthetic_per_space:
         syn = synthetic_complexity(per_space=args.synthetic_per_space, seed=args.seed, progress=dist.main and not args.no_progress)
         examples += syn.examples
@@ -332,6 +340,11 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     if args.exclude:  # e.g. the benchmarks' test split: neither trained on nor used for early stopping
         examples, dropped = hold_out(examples, read_archs(args.exclude))
         log(f"--exclude {args.exclude}: {len({(e.space, e.arch) for e in dropped})} architectures ({len(dropped)} labels) left out")
+    if args.exclude_metrics:  # the metric is unknown to the model, not just unlabelled
+        kept = [e for e in examples if not any(fnmatch.fnmatchcase(e.metric, pat) for pat in args.exclude_metrics)]
+        log(f"--exclude-metrics: {sorted({e.metric for e in examples} - {e.metric for e in kept})} "
+            f"({len(examples) - len(kept)} labels) left out")
+        examples = kept
     if state:
         held = {tuple(a) for a in state["val_archs"]}
         train_ex, val_ex = hold_out(examples, held)
@@ -341,7 +354,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         train_ex, val_ex = split_by_arch(examples, args.val_fraction, args.seed)
     train_items, val_items = group_by_arch(train_ex), group_by_arch(val_ex)
     if not train_items:
-        raise DataError(f"{args.data}: no training architectures left after holding out validation")
+        raise DataError(f"{' '.join(args.data)}: no training architectures left after holding out validation")
     eval_items = eval_subset(val_items, args.eval_archs, args.seed)
     log(f"{len(train_items)} training architectures ({len(train_ex)} labels), {len(val_items)} validation "
         f"({len(val_ex)} labels; {len(eval_items)} scored per evaluation)")
@@ -479,6 +492,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         "elapsed_s": round(elapsed0 + time.monotonic() - t0, 1),
         "sources": report,
         "split": {"val_fraction": args.val_fraction, "seed": args.seed, "holdout": args.holdout, "exclude": args.exclude,
+                  "exclude_metrics": args.exclude_metrics,
                   "val_archs": sorted([list(k) for k in {(e.space, e.arch) for e in val_ex}])},
     }
     if dist.main:

@@ -85,3 +85,33 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert main(["--checkpoint", str(checkpoint), "--space", "nb201", "--metric", "latency:newdev", "--train", str(csv),
                  "--out", str(out)]) == 2
     assert "line 2: column arch" in capsys.readouterr().err
+
+
+def test_new_device_starts_from_the_nearest_known_one(checkpoint, monkeypatch):
+    """``finetune`` copies the embedding of the known device whose predictions rank the rows best."""
+    from rlm_nas.core import Prediction
+    from rlm_nas.finetune import nearest_metric
+    from rlm_nas.model import RLM
+
+    rlm = RLM.from_pretrained(checkpoint)
+    rlm.add_metrics(["latency:twin", "accuracy:c10"])
+    rlm.register_pairs([("nb201", "latency:pixel3"), ("nb201", "latency:twin"), ("nb201", "accuracy:c10")])
+    examples = new_device(6)
+    values = np.array([e.value for e in examples]) + np.arange(6) * 1e-3  # distinct
+
+    def fake_predict(archs, metrics, **kw):  # twin ranks like the device, pixel3 the reverse
+        assert list(metrics) == ["latency:pixel3", "latency:twin"]  # same kind and trained on nb201 only
+        return Prediction(tuple(metrics), np.stack([-values, values], axis=1)[:, :, None])
+
+    monkeypatch.setattr(rlm, "predict", fake_predict)
+    assert nearest_metric(rlm, [Example(e.space, e.arch, e.metric, v) for e, v in zip(examples, values)]) == {"latency:newdev": "latency:twin"}
+    monkeypatch.undo()
+
+    rlm.add_metrics(["latency:newdev"], like={"latency:newdev": "latency:twin"})
+    emb = rlm.module.decoder.embed_tokens.weight
+    ids = rlm._metric_ids(["latency:twin", "latency:newdev"])
+    assert torch.equal(emb[ids[0]], emb[ids[1]])
+    with pytest.raises(ValueError, match="not a known metric"):
+        rlm.add_metrics(["latency:other"], like={"latency:other": "latency:nope"})
+    with pytest.raises(ValueError, match="init must be"):
+        finetune(rlm, examples, init="closest")

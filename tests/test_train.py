@@ -122,6 +122,23 @@ def test_time_budget_and_exclude(data, tmp_path, capsys):
     assert rlm.predict([m["split"]["val_archs"][0][1]], ["latency:toy"], space="nb201", num_samples=2).median.shape == (1, 1)
 
 
+def test_several_data_folders_and_excluded_metrics(data, tmp_path, capsys):
+    """``--data`` takes several folders; ``--exclude-metrics`` makes a metric unknown to the model."""
+    from rlm_nas.model import RLM
+
+    extra = tmp_path / "measured"
+    extra.mkdir()
+    space = get_space("nb201")
+    rows = [f'nb201,"{space.format(g)}",latency:mine,{1 + i % 5}' for i, g in enumerate(space.sample(20, seed=3))]
+    (extra / "mine.csv").write_text("space,arch,metric,value\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["--data", str(data), str(extra), "--out", str(out), *ARGS, "--max-steps", "2",
+                 "--exclude-metrics", "accuracy:*"]) == 0
+    assert "--exclude-metrics: ['accuracy:toy']" in capsys.readouterr().out
+    assert set(RLM.from_pretrained(out).metrics) == {"latency:toy", "latency:mine"}
+    assert json.loads((out / "metrics.json").read_text())["split"]["exclude_metrics"] == ["accuracy:*"]
+
+
 def test_ddp_two_gloo_processes(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlm_nas.train",
