@@ -141,15 +141,10 @@ class CachedRLM:
 
 
 def pool_sampler(pool: Pool, **kwargs):
-    """An RLMSampler whose candidates are exactly the pool architectures (RLMSampler has no hook)."""
+    """An RLMSampler whose candidates are exactly the pool architectures."""
     from rlm_nas.optuna import RLMSampler
 
-    class PoolRLMSampler(RLMSampler):
-        def _new_candidates(self, study, trials, seen, rng):
-            known = seen | self._scored.keys()
-            return [g for a, g in zip(pool.archs, pool.genotypes) if a not in known]
-
-    return PoolRLMSampler(pool.space, **kwargs)
+    return RLMSampler(pool.space, candidates=pool.genotypes, **kwargs)
 
 
 def run_optuna(pool: Pool, sampler, budget: int, multi: bool = False) -> Queries:

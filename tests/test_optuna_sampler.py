@@ -88,6 +88,17 @@ def test_same_seed_same_proposals(tiny_rlm):  # noqa: F811
     assert runs[0] == runs[1]
 
 
+def test_fixed_candidates_are_proposed_each_once(tiny_rlm):  # noqa: F811
+    shortlist = [SPACE.format(g) for g in SPACE.sample(5, seed=11)]
+    study = optuna.create_study(direction="maximize", sampler=make(tiny_rlm, candidates=shortlist + shortlist[:1]))
+    study.optimize(lambda t: float(SPACE.format(SPACE.suggest(t)).count("conv")), n_trials=5)
+    assert sorted(archs(study)) == sorted(shortlist)  # all of them, none twice (the duplicate dropped)
+    with pytest.raises(ValueError, match="candidates is empty"):
+        make(tiny_rlm, candidates=[])
+    with pytest.raises(ValueError):  # an invalid architecture is named at construction
+        make(tiny_rlm, candidates=["|bogus~0|+|"])
+
+
 def test_never_proposes_evaluated_arch_except_failed(tiny_rlm):  # noqa: F811
     study = optuna.create_study(direction="maximize", sampler=make(tiny_rlm))
     done, failed = SPACE.sample(2, seed=5)

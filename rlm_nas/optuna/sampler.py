@@ -88,6 +88,10 @@ class RLMSampler(BaseSampler):
         seed: makes proposals reproducible; each trial's draws depend on (seed, trial number).
         independent_sampler: for parameters outside the space.
         warn_independent_sampling: warn when the independent sampler is used.
+        candidates: choose only among these architectures (genotypes or native strings), e.g. the
+            ones a benchmark table has labels for, or a shortlist of your own. They are all
+            scored at the first trial (``pool_size`` is then unused) and proposed best first under
+            ``acquisition``, each at most once. Default: random samples and mutations.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class RLMSampler(BaseSampler):
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
+        candidates: Sequence[Any] | None = None,
     ) -> None:
         if isinstance(space, str):
             from search_spaces import get_space
@@ -124,6 +129,14 @@ class RLMSampler(BaseSampler):
             if not isinstance(budget, (int, float)) or not math.isfinite(budget):
                 raise ValueError(f"constraints[{metric!r}] must be a finite number (the budget), got {budget!r}")
         self.space = space
+        self._candidates = None
+        if candidates is not None:
+            genotypes = [space.parse(c) if isinstance(c, str) else c for c in candidates]
+            for g in genotypes:
+                space.validate(g)
+            self._candidates = list({space.format(g): g for g in genotypes}.items())
+            if not self._candidates:
+                raise ValueError("candidates is empty; pass at least one architecture, or None to sample them")
         self.objectives = tuple(check_metric(m) for m in objectives)
         self.constraints = {check_metric(m): float(b) for m, b in constraints.items()}
         self.rlm = load_rlm(checkpoint)
@@ -233,7 +246,11 @@ class RLMSampler(BaseSampler):
         return arch
 
     def _new_candidates(self, study: "Study", trials: list[FrozenTrial], seen: set, rng: np.random.Generator) -> list:
-        """``pool_size`` new architectures: half mutations of the best trials (once there are any)."""
+        """``pool_size`` new architectures: half mutations of the best trials (once there are any);
+        with fixed ``candidates``, all of them not yet scored or evaluated."""
+        if self._candidates is not None:
+            known = seen | self._scored.keys()
+            return [g for a, g in self._candidates if a not in known]
         parents = self._parents(study, trials)
         n_mut = self._pool_size // 2 if parents else 0
         cands = [self.space.mutate(parents[i], seed=int(rng.integers(2**31))) for i in rng.integers(len(parents), size=n_mut)]
