@@ -55,6 +55,11 @@ class Settings:
     warmup: int = 10
     repeats: int = 30
     timeout: float = 60.0
+    #: Fresh ONNX Runtime sessions per candidate, each with its warm-up and timed runs; the value is
+    #: the median of all timed runs. Why: a session's memory layout biases every one of its runs
+    #: (measured on FBNet: session medians of one network spread by up to 18% while runs within a
+    #: session vary by ~3%), so a single session reorders networks of similar latency.
+    sessions: int = 1
 
 
 @dataclass
@@ -159,7 +164,7 @@ def check_provider(provider: str) -> None:
 
 
 def _time_model(model_bytes: bytes, s: Settings) -> list[float]:
-    """Create a session for ``model_bytes`` and return the ``s.repeats`` timed runs in ms."""
+    """Create ``s.sessions`` sessions for ``model_bytes`` in turn; return all their timed runs (ms)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -171,23 +176,25 @@ def _time_model(model_bytes: bytes, s: Settings) -> list[float]:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only; warnings would litter the progress bar
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if s.provider == "cuda" else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(model_bytes, so, providers=providers)
-    if s.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        # ORT silently falls back to CPU when CUDA fails to load; a CPU number labelled GPU is worse than none.
-        raise RuntimeError("CUDAExecutionProvider failed to load (CUDA/cuDNN libraries missing?); ORT fell back to CPU")
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for inp in sess.get_inputs():
-        if not all(isinstance(d, int) and d > 0 for d in inp.shape):
-            raise ValueError(f"input {inp.name!r} has a non-concrete shape {inp.shape}")
-        feeds[inp.name] = rng.standard_normal(inp.shape).astype(np.float32)
-    for _ in range(s.warmup):
-        sess.run(None, feeds)
     times = []
-    for _ in range(s.repeats):
-        t0 = time.perf_counter_ns()
-        sess.run(None, feeds)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+    for _ in range(s.sessions):
+        sess = ort.InferenceSession(model_bytes, so, providers=providers)
+        if s.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+            # ORT silently falls back to CPU when CUDA fails to load; a CPU number labelled GPU is worse than none.
+            raise RuntimeError("CUDAExecutionProvider failed to load (CUDA/cuDNN libraries missing?); ORT fell back to CPU")
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for inp in sess.get_inputs():
+            if not all(isinstance(d, int) and d > 0 for d in inp.shape):
+                raise ValueError(f"input {inp.name!r} has a non-concrete shape {inp.shape}")
+            feeds[inp.name] = rng.standard_normal(inp.shape).astype(np.float32)
+        for _ in range(s.warmup):
+            sess.run(None, feeds)
+        for _ in range(s.repeats):
+            t0 = time.perf_counter_ns()
+            sess.run(None, feeds)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        del sess
     return times
 
 
@@ -425,7 +432,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", help="pin to these CPUs first, e.g. '2,3' or '0-3' (os.sched_setaffinity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=non_negative, default=d.warmup, help="untimed runs per candidate")
-    p.add_argument("--repeats", type=positive(int), default=d.repeats, help="timed runs per candidate (median kept)")
+    p.add_argument("--repeats", type=positive(int), default=d.repeats, help="timed runs per session (median of all kept)")
+    p.add_argument("--sessions", type=positive(int), default=d.sessions,
+                   help="fresh sessions per candidate (each biases its runs; >1 averages that out for close latencies)")
     p.add_argument("--timeout", type=positive(float), default=d.timeout, help="seconds per candidate before it is skipped")
     p.add_argument("--out", type=Path, help="CSV to write or resume (arch,value,space,metric,cv); JSON sidecar FILE.meta")
     p.add_argument("--check", action="store_true", help=f"measure the candidates twice, print the Spearman (target >= {CHECK_TARGET}); writes nothing")
@@ -469,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    settings = Settings(a.provider, a.threads, a.warmup, a.repeats, a.timeout)
+    settings = Settings(a.provider, a.threads, a.warmup, a.repeats, a.timeout, a.sessions)
     cpus = sorted(os.sched_getaffinity(0))
     if a.provider == "cpu" and a.threads > len(cpus):
         log.warning("--threads %d exceeds the %d CPUs this process may use: threads will share cores", a.threads, len(cpus))
