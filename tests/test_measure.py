@@ -84,6 +84,12 @@ def test_three_candidates_give_a_valid_csv_and_sidecar(tmp_path):
     assert "3 measured, 0 failed; CV median" in M.summarize(results)
 
 
+def test_sessions_time_the_network_in_fresh_sessions():
+    settings = M.Settings(warmup=1, repeats=3, timeout=30.0, sessions=2)
+    times = M._time_model(M.with_random_weights(conv_net(4)).SerializeToString(), settings)
+    assert len(times) == 6 and all(t > 0 for t in times)  # every session's timed runs, pooled
+
+
 def test_resume_appends_without_duplicates_and_refuses_other_settings(tmp_path):
     out = tmp_path / "lat.csv"
     meta = {"metric": "latency:test-1c", "space": "hand", "seed": 0, "batch": 1, "provider": "cpu", "threads": 1}
