@@ -55,8 +55,10 @@ def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
             continue
         archs = list(rows)
         pred = rlm.predict(archs, known, space=space, num_samples=1, temperature=0).median
-        rho = [spearmanr(pred[:, j], list(rows.values()))[0] for j in range(len(known))]
-        rho = np.nan_to_num(np.asarray(rho, float), nan=-np.inf)
+        values = list(rows.values())
+        # A metric predicted constant on these rows ranks nothing: it cannot be the nearest.
+        rho = np.array([spearmanr(pred[:, j], values)[0] if np.ptp(pred[:, j]) > 0 else -np.inf for j in range(len(known))])
+        rho = np.nan_to_num(rho, nan=-np.inf)
         if np.isfinite(rho.max()):
             chosen[metric] = known[int(rho.argmax())]
     return chosen
