@@ -154,16 +154,19 @@ def run(args) -> tuple[list[dict], dict]:
     return rows, meta
 
 
-def report(rows: list[dict], meta: dict, command: str, wall_s: float) -> str:
+def report(rows: list[dict], metas: list[dict], command: str, wall_s: float) -> str:
     def mean_se(v):
         v = np.asarray(v, float)
         return v.mean(), (v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
 
+    meta = metas[0]
     md = ["# Few-shot adaptation to unseen NB201 devices\n", f"Command: `{command}`  ",
-          f"Wall time: {wall_s:.0f} s; checkpoint `{meta['checkpoint']}`; RLM median of {meta['samples']} samples; "
-          f"{meta['repeats']} repeat(s) of the shot draw per device; test: {meta['test_archs']} test-split NB201 architectures.\n",
-          f"- Unseen devices ({len(meta['unseen'])}, never in the checkpoint's training data, on any space): {', '.join(meta['unseen'])}",
-          f"- Known devices (the checkpoint's, and the `nearest` baseline's candidates): {', '.join(meta['known'])}\n",
+          f"Wall time: {wall_s:.0f} s; RLM median of {meta['samples']} samples; "
+          f"{meta['repeats']} repeat(s) of the shot draw per device; test: {meta['test_archs']} test-split NB201 architectures.\n"]
+    for m in metas:
+        md += [f"- Checkpoint `{m['checkpoint']}`: unseen devices ({len(m['unseen'])}, never in its training data, on any space): "
+               f"{', '.join(m['unseen'])}; known (its training devices, and the `nearest` baseline's candidates): {', '.join(m['known'])}"]
+    md += ["",
           "Mean Spearman over unseen devices and repeats (± standard error):\n",
           "| shots | " + " | ".join(METHODS) + " | target | RLM vs best baseline |", "|---:|" + "---:|" * (len(METHODS) + 2)]
     for k in sorted({r["shots"] for r in rows}):
@@ -177,7 +180,7 @@ def report(rows: list[dict], meta: dict, command: str, wall_s: float) -> str:
                   + f" | {verdict} | {gap:+.3f} vs {best_base} ({'PASS' if gap > 0 else 'FAIL'}) |")
     md += ["", "Per device (mean over repeats):\n", "| device | shots | " + " | ".join(METHODS) + " | RLM init from | nearest device |",
            "|---|---:|" + "---:|" * len(METHODS) + "---|---|"]
-    for d in meta["unseen"]:
+    for d in [d for m in metas for d in m["unseen"]]:
         for k in sorted({r["shots"] for r in rows}):
             sel = [r for r in rows if r["device"] == d and r["shots"] == k]
             if sel:
@@ -200,7 +203,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_adaptation.md")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="write one report from earlier runs' JSON files (e.g. one per fold) and exit")
     args = p.parse_args()
+    if args.merge:
+        runs = [json.loads(f.read_text()) for f in args.merge]
+        rows = [r for run_ in runs for r in run_["rows"]]
+        metas = [run_["meta"] for run_ in runs]
+        command = "python benchmarks/device_adaptation.py " + " ".join(sys.argv[1:])
+        md = report(rows, metas, "; ".join([*(m.get("command", "?") for m in metas), command]), sum(m.get("wall_s", 0) for m in metas))
+        args.out.write_text(md)
+        args.out.with_suffix(".json").write_text(json.dumps({"metas": metas, "rows": rows}, indent=1))
+        print(md)
+        return
     if args.fold:
         print(" ".join(f"latency:{d}" for d in FOLDS[args.fold]))
         return
@@ -209,7 +224,8 @@ def main() -> None:
     t0 = time.monotonic()
     rows, meta = run(args)
     command = "python benchmarks/device_adaptation.py " + " ".join(sys.argv[1:])
-    md = report(rows, meta, command, time.monotonic() - t0)
+    meta.update(command=command, wall_s=round(time.monotonic() - t0))
+    md = report(rows, [meta], command, meta["wall_s"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

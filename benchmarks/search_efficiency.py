@@ -6,9 +6,8 @@ training *and* validation). Every method searches this same pool, and the oracle
 ``accuracy:cifar10`` (the ``cifar10_valid`` column of ``nb201/accuracy.csv``) and
 ``latency:pixel3`` (HELP ``pixel3.pt``), read with the :mod:`rlm_nas.data` loaders.
 
-- RLMSampler: its candidates are the pool itself (a subclass replaces the random/mutated candidate
-  draw by "every pool architecture not yet scored"), so it scores the whole pool once and never
-  proposes outside it. Default settings otherwise (Thompson acquisition, 8 samples). Without
+- RLMSampler: its candidates are the pool itself (``RLMSampler(candidates=pool)``), so it scores
+  the whole pool once and never proposes outside it. Default settings otherwise (Thompson acquisition, 8 samples). Without
   ``--online-finetune`` (the default) the RLM's samples of the pool do not change during a study,
   so they are predicted once per seed (one ``predict`` of both metrics, seed = the run's seed) and
   shared by the single- and multi-objective studies of that seed; with ``--online-finetune`` each
