@@ -15,9 +15,10 @@ pixel2/pixel3 fall into different folds). For every unseen device and repeat:
 * every method gets exactly those ``K`` rows, and is scored by Spearman on the 1,000 test-split
   architectures (never trained on by the checkpoint, never drawn as shots):
 
-  - ``rlm``: the checkpoint fine-tuned with :func:`rlm_nas.finetune.finetune` (defaults: the new
-    device starts from the known device that ranks the shots best, then 60 steps / 60 s), median
-    of ``--samples`` samples;
+  - ``rlm``: the checkpoint adapted with :func:`rlm_nas.finetune.finetune` as the CLI does by
+    default: below ``FEW_SHOT_ROWS`` (100) rows, ``steps=0`` (the new device starts from the known
+    device whose predictions rank the shots best, calibrated to the shots' units); ``--rlm-steps N``
+    forces N gradient steps instead. Median of ``--samples`` samples;
   - ``lightgbm``: LightGBM on ``space.one_hot`` fitted on the K rows (few-shot settings :data:`LGBM`);
   - ``nearest``: the known device (one the checkpoint was trained on) whose measured latencies
     rank the K shots best; its *measured* latencies on the test architectures are the prediction;
@@ -94,7 +95,7 @@ def run(args) -> tuple[list[dict], dict]:
 
     from rlm_nas.convert import model_input
     from rlm_nas.core import Example
-    from rlm_nas.finetune import finetune
+    from rlm_nas.finetune import FEW_SHOT_ROWS, STEPS, finetune
     from rlm_nas.model import RLM
     from search_spaces import get_space
 
@@ -137,11 +138,13 @@ def run(args) -> tuple[list[dict], dict]:
             row = {"device": d, "repeat": r, "shots": k}
             t0 = time.monotonic()
             rlm, info = copy.deepcopy(base), {}
-            finetune(rlm, [Example("nb201", a, f"latency:{d}", v) for a, v in zip(shots, y)], seed=r, info=info)
+            steps = args.rlm_steps if args.rlm_steps is not None else (0 if k < FEW_SHOT_ROWS else STEPS)
+            finetune(rlm, [Example("nb201", a, f"latency:{d}", v) for a, v in zip(shots, y)], steps=steps, seed=r, info=info)
             pred = rlm.predict(test_texts, f"latency:{d}", num_samples=args.samples, seed=r).median[:, 0]
             row["rlm"] = spearman(truth, pred)
             row["rlm_seconds"] = round(time.monotonic() - t0, 1)
             row["rlm_init"] = info["init"].get(f"latency:{d}")
+            row["rlm_steps"] = info["steps"]
             row["lightgbm"] = spearman(truth, lightgbm(shots, y, test_x, seed=r))
             row["nearest_device"], pred = nearest(known, shots, y, test)
             row["nearest"] = spearman(truth, pred)
@@ -149,7 +152,7 @@ def run(args) -> tuple[list[dict], dict]:
             rows.append(row)
             tqdm.write(f"{d:<14} r{r} K={k:<3} " + "  ".join(f"{m} {row[m]:.3f}" for m in METHODS)
                        + f"  (init {row['rlm_init']}, nearest {row['nearest_device']}, {row['rlm_seconds']} s)")
-    meta = {"checkpoint": str(args.checkpoint), "unseen": unseen, "known": seen, "test_archs": len(test),
+    meta = {"checkpoint": str(args.checkpoint), "rlm_steps": args.rlm_steps, "unseen": unseen, "known": seen, "test_archs": len(test),
             "repeats": args.repeats, "samples": args.samples, "seed": args.seed}
     return rows, meta
 
@@ -200,6 +203,7 @@ def main() -> None:
     p.add_argument("--devices", nargs="+", help="only these unseen devices (default: every one the checkpoint lacks)")
     p.add_argument("--test-archs", type=int, default=1000)
     p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--rlm-steps", type=int, default=None, help="gradient steps of the adaptation (default: the CLI's choice)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_adaptation.md")

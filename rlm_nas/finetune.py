@@ -28,6 +28,11 @@ from rlm_nas.train import Texts, autocast, bf16_fast
 #: shared data, fine-tuned on 50 NB201 pixel3 latencies as a NEW metric, scored on 200 test-split
 #: archs: Spearman 0.50 before, 0.685 with lr 3e-4 x 60 steps (21 s), 0.63 with 1e-3, 0.37 with 3e-3.
 STEPS, MAX_SECONDS, LR, BATCH_SIZE = 60, 60.0, 3e-4, 8
+#: Below this many rows of a NEW metric, the CLI only locates it (steps=0). Measured on 4 unseen
+#: NB201 devices (fold-a checkpoint, 400 test archs): Spearman with 10 / 20 shots, locate-only vs 60
+#: steps at 3e-4: fpga .966/.966 vs .30/.84, raspi4 .868/.868 vs .62/.79, essential_ph .905/.905
+#: vs .66/.78, silver_4114 .972/.965 vs .93/.88 (lr 1e-4 or training only the new embedding: between).
+FEW_SHOT_ROWS = 100
 
 
 def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
@@ -64,17 +69,38 @@ def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
     return chosen
 
 
+def fit_calibration(rlm, examples: list[Example]) -> None:
+    """Fit ``rlm.calibrate(metric, a, b)`` so that ``exp(a) * prediction**b`` matches the values:
+    least squares of log(value) on log(greedy prediction); ``b`` clipped to [0.2, 5] (ranks kept).
+    Skipped when a value or prediction is not positive (a log-log map needs positive numbers)."""
+    metric, space = examples[0].metric, examples[0].space
+    rlm.calibrate(metric, 0.0, 1.0)
+    x = rlm.predict([e.arch for e in examples], metric, space=space, num_samples=1, temperature=0).median[:, 0]
+    y = np.array([e.value for e in examples], float)
+    if (x <= 0).any() or (y <= 0).any():
+        return
+    lx, ly = np.log(x), np.log(y)
+    b = float(np.clip(np.cov(lx, ly, bias=True)[0, 1] / lx.var(), 0.2, 5.0)) if lx.var() > 0 else 1.0
+    rlm.calibrate(metric, float(ly.mean() - b * lx.mean()), b)
+
+
 def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: float | None = MAX_SECONDS, lr: float = LR,
              seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False, info: dict | None = None,
              init: str = "nearest"):
     """Fine-tune ``rlm`` in place on ``examples`` and return it.
 
     Stops after ``steps`` optimizer steps or ``max_seconds`` of wall clock, whichever comes first
-    (at least one step is always taken). Unknown metrics are added (:meth:`add_metrics`) and the
+    (at least one step is taken when ``steps >= 1``). Unknown metrics are added (:meth:`add_metrics`) and the
     (space, metric) pairs registered, so predictions for them are no longer flagged as extrapolated.
     A new metric starts from the embedding of the known metric that ranks the examples best
     (``init="nearest"``, see :func:`nearest_metric`) or of the average metric of its kind
     (``init="mean"``).
+
+    ``steps=0`` only *locates* new metrics: each starts from its nearest known metric and gets a
+    calibration ``exp(a) * x**b`` (:meth:`RLM.calibrate`, fitted in log-log space on the examples)
+    that maps that metric's numbers to the new one's units without changing its ranking. With a
+    handful of rows this ranks far better than gradient steps, which overfit them (few-shot
+    benchmark in ``benchmarks/RESULTS.md``); :data:`FEW_SHOT_ROWS` is where the CLI switches.
     Torch's global RNG is left as it was: a search calling this repeatedly stays reproducible.
     Pass a dict as ``info`` to get ``steps`` taken, ``seconds`` and ``last_loss`` back.
     """
@@ -82,8 +108,8 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
 
     if not examples:
         raise ValueError("finetune: no examples given; need at least one (space, arch, metric, value)")
-    if steps < 1 or (max_seconds is not None and max_seconds <= 0):
-        raise ValueError(f"finetune: steps must be >= 1 and max_seconds > 0, got steps={steps!r}, max_seconds={max_seconds!r}")
+    if steps < 0 or (max_seconds is not None and max_seconds <= 0):
+        raise ValueError(f"finetune: steps must be >= 0 and max_seconds > 0, got steps={steps!r}, max_seconds={max_seconds!r}")
     items = group_by_arch(examples)
     texts = Texts()
     t0 = time.monotonic()
@@ -97,6 +123,12 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
         if new:
             rlm.add_metrics(new, like=like)  # replaces the embedding parameter: the optimizer comes after
         rlm.register_pairs(sorted({(e.space, e.metric) for e in examples}))
+        if steps == 0:
+            for metric in like:
+                fit_calibration(rlm, [e for e in examples if e.metric == metric])
+            if info is not None:
+                info.update(steps=0, seconds=round(time.monotonic() - t0, 2), last_loss=None, init=like)
+            return rlm
         module = rlm.module
         device = next(module.parameters()).device
         use_bf16 = bf16_fast(device)
@@ -134,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", required=True, help="metric measured, e.g. latency:mydevice (new metrics are added)")
     p.add_argument("--train", required=True, help="CSV with columns arch,value")
     p.add_argument("--out", required=True, help="folder for the fine-tuned model")
-    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps; default: 0 (locate + calibrate, see finetune()) for a new metric with fewer than "
+                        f"{FEW_SHOT_ROWS} rows, else {STEPS}")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--seed", type=int, default=0)
@@ -158,14 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.train}: {len(loaded.examples)} rows ({loaded.missing} missing values skipped)")
     rlm = RLM.from_pretrained(args.checkpoint)
     seen = args.metric in rlm.metrics
+    if args.steps is None:
+        args.steps = 0 if not seen and len(loaded.examples) < FEW_SHOT_ROWS and args.init == "nearest" else STEPS
     info: dict = {}
     finetune(rlm, loaded.examples, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
              progress=True, info=info, init=args.init)
     rlm.save_pretrained(Path(args.out))
     if info["init"]:
         print(f"{args.metric} started from the nearest known metric: {info['init'][args.metric]}")
+        if args.metric in rlm.calibration:
+            a, b = rlm.calibration[args.metric]
+            print(f"{args.metric} = {np.exp(a):.4g} * ({info['init'][args.metric]})^{b:.3f} (calibration on the rows)")
+    elif info["steps"] == 0:
+        print(f"warning: no known metric of the same kind to locate {args.metric} at; it is the average of its kind. "
+              f"Pass --steps {STEPS} to train on the rows", file=sys.stderr)
+    loss = "" if info["last_loss"] is None else f" (last loss {info['last_loss']:.4f})"
     print(f"fine-tuned {'known' if seen else 'NEW'} metric {args.metric} on {args.space}: {info['steps']} steps in "
-          f"{info['seconds']} s (last loss {info['last_loss']:.4f}); saved to {args.out}")
+          f"{info['seconds']} s{loss}; saved to {args.out}")
     return 0
 
 

@@ -161,6 +161,8 @@ class RLM:
         self.module = module
         self._metrics = list(metrics)
         self._known: set[tuple[str, str]] = set()
+        #: metric -> (a, b): its samples x are reported as exp(a) * x**b (see :meth:`calibrate`).
+        self._calibration: dict[str, tuple[float, float]] = {}
         self._warned_truncation = False
 
     # --- construction -----------------------------------------------------------------------
@@ -191,6 +193,25 @@ class RLM:
             if not isinstance(space, str) or not space or "\n" in space:
                 raise ValueError(f"register_pairs: space must be a non-empty one-line str, got {space!r}")
             self._known.add((space, metric))
+
+    @property
+    def calibration(self) -> dict[str, tuple[float, float]]:
+        """``{metric: (a, b)}``: samples ``x`` of these metrics are reported as ``exp(a) * x**b``."""
+        return dict(self._calibration)
+
+    def calibrate(self, metric: str, a: float, b: float) -> None:
+        """Report ``metric`` as ``exp(a) * x**b`` of the decoded number ``x`` (``b > 0`` keeps ranks).
+
+        For a new device located at a known one (few-shot adaptation): the model ranks like that
+        device, and this maps its milliseconds to the new device's. ``a = 0, b = 1`` removes it.
+        """
+        self._metric_ids([metric])
+        if not (math.isfinite(a) and math.isfinite(b) and b > 0):
+            raise ValueError(f"calibrate({metric!r}): need finite a and b > 0, got a={a!r}, b={b!r}")
+        if (a, b) == (0.0, 1.0):
+            self._calibration.pop(metric, None)
+        else:
+            self._calibration[metric] = (float(a), float(b))
 
     def add_metrics(self, names: Sequence[str], like: Mapping[str, str] | None = None) -> None:
         """Grow the decoder vocabulary with new metric tokens (existing names are skipped).
@@ -369,6 +390,10 @@ class RLM:
                     values = self.number_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).cpu().numpy())
                     samples[idx] = values.reshape(len(idx), len(metrics), num_samples)
                     bar.update(len(idx))
+            for j, m in enumerate(metrics):
+                if m in self._calibration:
+                    a, b = self._calibration[m]
+                    samples[:, j] = np.sign(samples[:, j]) * np.exp(a) * np.abs(samples[:, j]) ** b
         finally:
             self.module.train(was_training)
         return Prediction(tuple(metrics), samples, extrapolated)
@@ -419,6 +444,7 @@ class RLM:
             "model_config": dataclasses.asdict(self.config),
             "metrics": self._metrics,
             "known_pairs": sorted(map(list, self._known)),
+            "calibration": {m: list(ab) for m, ab in sorted(self._calibration.items())},
             "text_vocab_size": self.text_tokenizer.vocab_size,
             "dtype": dtype or "float32",
         }
@@ -451,6 +477,7 @@ class RLM:
             config = ModelConfig(**meta["model_config"])
             metrics = _check_new_metrics([], meta["metrics"])
             pairs = [tuple(p) for p in meta["known_pairs"]]
+            calibration = {str(m): (float(a), float(b)) for m, (a, b) in meta.get("calibration", {}).items()}
         except CheckpointError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as err:
@@ -462,6 +489,11 @@ class RLM:
         module.load_state_dict(_load_weights(path / WEIGHTS_FILE, module.state_dict()))
         rlm = cls(config, tok, metrics, module)
         rlm.register_pairs(pairs)
+        try:
+            for m, (a, b) in calibration.items():
+                rlm.calibrate(m, a, b)
+        except ValueError as err:
+            raise CheckpointError(f"{cfg_file}: bad 'calibration': {err}") from None
         return rlm
 
     def __repr__(self) -> str:

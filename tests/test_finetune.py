@@ -115,3 +115,38 @@ def test_new_device_starts_from_the_nearest_known_one(checkpoint, monkeypatch):
         rlm.add_metrics(["latency:other"], like={"latency:other": "latency:nope"})
     with pytest.raises(ValueError, match="init must be"):
         finetune(rlm, examples, init="closest")
+
+
+def test_locate_only_calibrates_units_and_keeps_ranks(checkpoint, tmp_path, monkeypatch):
+    """steps=0: the new device copies its nearest known one and maps that one's numbers to its own units."""
+    import rlm_nas.finetune as F
+    from rlm_nas.core import Prediction
+    from rlm_nas.model import RLM
+
+    rlm = RLM.from_pretrained(checkpoint)
+    examples = new_device(8)
+    y = np.array([e.value for e in examples])
+    raw = np.exp((np.log(y) - 1.0) / 2.0)  # what the nearest device predicts: y = e * raw**2
+    calls = []
+
+    def fake_predict(archs, metric, **kw):
+        calls.append(metric)
+        return Prediction((metric,), raw[:, None, None])
+
+    monkeypatch.setattr(F, "nearest_metric", lambda rlm, ex: {"latency:newdev": "latency:pixel3"})
+    monkeypatch.setattr(rlm, "predict", fake_predict)
+    info = {}
+    finetune(rlm, examples, steps=0, info=info)
+    monkeypatch.undo()
+    assert info["steps"] == 0 and info["init"] == {"latency:newdev": "latency:pixel3"} and calls == ["latency:newdev"]
+    a, b = rlm.calibration["latency:newdev"]
+    assert np.isclose(a, 1.0) and np.isclose(b, 2.0)
+    # predict applies it to the decoded numbers (sign kept), so the ranking is the located one's
+    archs = [e.arch for e in examples]
+    both = rlm.predict(archs, ["latency:pixel3", "latency:newdev"], space="nb201", num_samples=1, temperature=0).median
+    x = both[:, 0]
+    assert np.allclose(both[:, 1], np.sign(x) * np.exp(1.0) * np.abs(x) ** 2.0)
+    loaded = RLM.from_pretrained(rlm.save_pretrained(tmp_path / "located"))
+    assert loaded.calibration == rlm.calibration
+    with pytest.raises(ValueError, match="b > 0"):
+        rlm.calibrate("latency:newdev", 0.0, -1.0)
