@@ -83,19 +83,12 @@ def complexity(job: tuple[str, str]) -> tuple[float, float]:
     import torch
 
     from search_spaces import get_space
-    from search_spaces.profile import count_flops, count_params
+    from search_spaces.profile import genotype_counts
 
     torch.set_num_threads(1)
     space = get_space(job[0])
-    g = space.parse(job[1])
-    try:
-        with torch.device("meta"):
-            net = space.build(g)
-        flops = count_flops(net, space.input_shape)
-    except (RuntimeError, NotImplementedError, TypeError):
-        net = space.build(g)
-        flops = count_flops(net, space.input_shape)
-    return float(flops), float(count_params(net))
+    flops, params = genotype_counts(space, space.parse(job[1]))
+    return float(flops), float(params)
 
 
 def complexities(jobs: list[tuple[str, str]], workers: int) -> dict[tuple[str, str], tuple[float, float]]:

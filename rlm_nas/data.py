@@ -406,14 +406,12 @@ def load_arch_values(path: str | Path, space: str, metric: str) -> Loaded:
 def synthetic_complexity(spaces=None, per_space: int = 100, seed: int = 0, progress: bool = True) -> Loaded:
     """Exact ``params`` and ``flops`` of ``per_space`` sampled architectures of each space.
 
-    Counts come from :mod:`search_spaces.profile` on ``space.build(g)``. Networks are built on the
-    ``meta`` device (shapes only, no memory), falling back to CPU for a builder that cannot.
+    Counts come from :func:`search_spaces.profile.genotype_counts` (meta-device builds).
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from search_spaces import SPACE_NAMES, get_space
-    from search_spaces.profile import count_flops, count_params
+    from search_spaces import SPACE_NAMES
+    from search_spaces.profile import genotype_counts
 
     names = list(spaces or SPACE_NAMES)
     out = Loaded("synthetic params/flops", note=f"{per_space} sampled architectures per space, seed {seed}")
@@ -421,15 +419,9 @@ def synthetic_complexity(spaces=None, per_space: int = 100, seed: int = 0, progr
     for name in names:
         space = _space(name, "synthetic_complexity")
         for g in space.sample(per_space, seed=seed):
-            try:
-                with torch.device("meta"):
-                    net = space.build(g)
-                flops = count_flops(net, space.input_shape)
-            except (RuntimeError, NotImplementedError, TypeError):
-                net = space.build(g)
-                flops = count_flops(net, space.input_shape)
+            flops, params = genotype_counts(space, g)
             arch = space.format(g)
-            out.examples += [Example(name, arch, "params", float(count_params(net))),
+            out.examples += [Example(name, arch, "params", float(params)),
                              Example(name, arch, "flops", float(flops))]
             bar.update(1)
     bar.close()

@@ -70,3 +70,19 @@ def count_flops(module: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> 
             h.remove()
         module.train(was_training)
     return counter[0]
+
+
+def genotype_counts(space, genotype) -> tuple[int, int]:
+    """``(flops, params)`` of ``space.build(genotype)``, exact (see the module docstring).
+
+    The network is built on the ``meta`` device (shapes only: nothing allocated or initialised),
+    falling back to CPU for a builder or forward that cannot run there.
+    """
+    try:
+        with torch.device("meta"):
+            net = space.build(genotype)
+        flops = count_flops(net, space.input_shape)
+    except (RuntimeError, NotImplementedError, TypeError):
+        net = space.build(genotype)
+        flops = count_flops(net, space.input_shape)
+    return flops, count_params(net)
