@@ -1,7 +1,4 @@
-"""Helpers shared by the search-space tests (test_nb201.py, test_fbnet.py, test_cell_spaces.py).
-
-A test module imports :func:`one_thread` to make it autouse there (it is a pytest fixture).
-"""
+"""Helpers shared by the search-space tests (test_nb201.py, test_fbnet.py, test_cell_spaces.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from torch import nn
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks are small: on a busy machine extra threads only add contention (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_onnx(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,8 @@ from search_spaces import NDS_SPACES, InvalidGenotype, get_space
 from search_spaces.cell import DARTS_OPS, CellGenotype, CellSpace, macro_plan
 from search_spaces.profile import count_flops, count_params
 from tests.spaces_helpers import assert_onnx_matches_torch, randomize_bn
-from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ALL = (*NDS_SPACES, "nb301")
 

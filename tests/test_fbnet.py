@@ -17,7 +17,8 @@ from torch import nn
 from search_spaces import InvalidGenotype, get_space
 from search_spaces.fbnet import BLOCKS, LAYERS, PARAMS, FBNetGenotype
 from tests.spaces_helpers import assert_onnx_matches_torch, costs_by_part
-from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 space = get_space("fbnet")
 genotypes = st.tuples(*[st.sampled_from(BLOCKS)] * 22).map(FBNetGenotype)

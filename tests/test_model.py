@@ -23,13 +23,7 @@ METRICS = ["accuracy:synth", "latency:synth"]
 OPS = {"Conv k3 p1 1 w": 3.0, "Conv k1 1 w": 1.5, "AveragePool k3 p1 1": 0.5, "Identity 1": 0.2, "Zero 1": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two threads spin against each other."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synth(n: int, seed: int) -> dict[str, tuple[float, float]]:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from search_spaces import InvalidGenotype, get_space
 from search_spaces.nb201 import OPS, PARAMS, NB201Genotype
 from tests.spaces_helpers import assert_onnx_matches_torch, costs_by_part
-from tests.spaces_helpers import one_thread  # noqa: F401  (autouse pytest fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 space = get_space("nb201")
 genotypes = st.tuples(*[st.sampled_from(OPS)] * 6).map(NB201Genotype)

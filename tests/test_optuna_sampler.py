@@ -26,20 +26,9 @@ from tests.rlm_fixtures import tiny_checkpoint, tiny_rlm  # noqa: F401  (pytest 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("nb201")
 # The tiny fixture has no known pairs and reads 256 tokens: both warnings are expected here.
-pytestmark = [pytest.mark.filterwarnings("ignore:.*no training data.*"), pytest.mark.filterwarnings("ignore:.*truncated.*")]
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no training data.*"), pytest.mark.filterwarnings("ignore:.*truncated.*"),
+              pytest.mark.usefixtures("one_torch_thread")]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The tiny model's batches gain nothing from a second thread, and on a CPU shared with other
-    # jobs two threads spin against each other and run several times slower. Restored after.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(rlm, **kw) -> RLMSampler:
