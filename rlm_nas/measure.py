@@ -5,8 +5,10 @@
 Public latency data covers NB201 and FBNet only, so the product measures the other spaces itself.
 Each candidate is built with ``space.to_onnx``, its weight inputs are turned into random
 initializers (so ONNX Runtime folds BatchNorm into Conv and pre-packs weights as in a real
-deployment; the values do not change dense float latency), and it is timed in a worker process:
-``--warmup`` untimed runs, then ``--repeats`` timed runs, of which the median (ms) is kept.
+deployment; the values do not change dense float latency), and it is timed in a worker process
+together with the other candidates of its group (``--interleave``): ``--warmup`` untimed runs each,
+then ``--repeats`` rounds that run every candidate of the group once, in random order. The median
+(ms) of a candidate's timed runs is kept.
 
 Output: ``FILE.csv`` with columns ``arch,value,space,metric,cv`` (value: median ms; metric:
 ``latency:<device>``; cv: std/mean of the timed runs; ``arch`` is the space's native string,
@@ -14,7 +16,7 @@ csv-quoted where needed). ``arch,value`` come first, so it is a fine-tune CSV, a
 ``space,metric`` it is also a generic CSV. The run settings (provider, threads, affinity, CPU
 model, batch, onnxruntime version, ...) and the reason of every failure go to the JSON sidecar
 ``FILE.meta``. Running again with the same ``--out`` resumes: rows already in the CSV are skipped,
-so a crash or Ctrl-C loses at most the candidate in flight.
+so a crash or Ctrl-C loses at most the group in flight.
 """
 
 from __future__ import annotations
@@ -48,18 +50,20 @@ CHECK_TARGET = 0.98
 
 @dataclass(frozen=True)
 class Settings:
-    """How each candidate is timed. ``timeout`` (s) bounds session creation + all runs."""
+    """How candidates are timed. ``timeout`` (s) bounds one candidate's session creation + runs."""
 
     provider: str = "cpu"
     threads: int = 1
     warmup: int = 10
     repeats: int = 30
     timeout: float = 60.0
-    #: Fresh ONNX Runtime sessions per candidate, each with its warm-up and timed runs; the value is
-    #: the median of all timed runs. Why: a session's memory layout biases every one of its runs
-    #: (measured on FBNet: session medians of one network spread by up to 18% while runs within a
-    #: session vary by ~3%), so a single session reorders networks of similar latency.
-    sessions: int = 1
+    #: Candidates timed together: each gets its own session and warm-up, then every one of the
+    #: ``repeats`` rounds runs each candidate once, in a fresh random order. Why: the speed of this
+    #: (virtual) machine drifts by ~10% over tenths of a second (one FBNet session timed in 8 blocks
+    #: of 40 runs: block medians 2.08-2.54 ms), so back-to-back runs share one bias that no median
+    #: removes and that reorders networks of close latency. Interleaved, a drift hits every candidate
+    #: of the group alike, and each candidate's runs spread over many drift states.
+    interleave: int = 64
 
 
 @dataclass
@@ -163,8 +167,11 @@ def check_provider(provider: str) -> None:
         raise RuntimeError("--provider cuda needs an NVIDIA GPU, and none is visible (no /dev/nvidiactl).")
 
 
-def _time_model(model_bytes: bytes, s: Settings) -> list[float]:
-    """Create ``s.sessions`` sessions for ``model_bytes`` in turn; return all their timed runs (ms)."""
+def _time_group(models: Sequence[bytes], s: Settings) -> list[tuple[str, object]]:
+    """Time ``models`` together (see :attr:`Settings.interleave`).
+
+    Returns, in their order, ``("ok", timed_runs_ms)`` or ``("error", message)`` per model.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -176,38 +183,45 @@ def _time_model(model_bytes: bytes, s: Settings) -> list[float]:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only; warnings would litter the progress bar
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if s.provider == "cuda" else ["CPUExecutionProvider"]
-    times = []
-    for _ in range(s.sessions):
-        sess = ort.InferenceSession(model_bytes, so, providers=providers)
-        if s.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-            # ORT silently falls back to CPU when CUDA fails to load; a CPU number labelled GPU is worse than none.
-            raise RuntimeError("CUDAExecutionProvider failed to load (CUDA/cuDNN libraries missing?); ORT fell back to CPU")
-        rng = np.random.default_rng(0)
-        feeds = {}
-        for inp in sess.get_inputs():
-            if not all(isinstance(d, int) and d > 0 for d in inp.shape):
-                raise ValueError(f"input {inp.name!r} has a non-concrete shape {inp.shape}")
-            feeds[inp.name] = rng.standard_normal(inp.shape).astype(np.float32)
-        for _ in range(s.warmup):
-            sess.run(None, feeds)
-        for _ in range(s.repeats):
+    outcome: list[tuple[str, object] | None] = [None] * len(models)
+    live = {}  # index -> (session, feeds)
+    for i, model in enumerate(models):
+        try:
+            sess = ort.InferenceSession(model, so, providers=providers)
+            if s.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+                # ORT silently falls back to CPU when CUDA fails to load; a CPU number labelled GPU is worse than none.
+                raise RuntimeError("CUDAExecutionProvider failed to load (CUDA/cuDNN libraries missing?); ORT fell back to CPU")
+            rng = np.random.default_rng(0)
+            feeds = {}
+            for inp in sess.get_inputs():
+                if not all(isinstance(d, int) and d > 0 for d in inp.shape):
+                    raise ValueError(f"input {inp.name!r} has a non-concrete shape {inp.shape}")
+                feeds[inp.name] = rng.standard_normal(inp.shape).astype(np.float32)
+            for _ in range(s.warmup):
+                sess.run(None, feeds)
+            live[i] = (sess, feeds)
+        except Exception as e:  # noqa: BLE001  -- this model fails, the others of the group go on
+            outcome[i] = ("error", f"{type(e).__name__}: {e}")
+    times = {i: [] for i in live}
+    order = np.random.default_rng(0)
+    for _ in range(s.repeats):
+        for i in order.permutation(sorted(live)):
+            sess, feeds = live[i]
             t0 = time.perf_counter_ns()
             sess.run(None, feeds)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        del sess
-    return times
+            times[i].append((time.perf_counter_ns() - t0) / 1e6)
+    for i, t in times.items():
+        outcome[i] = ("ok", t)
+    return outcome
 
 
 def _worker(conn, settings: Settings) -> None:
-    """Worker loop: receive model bytes, answer ``("ok", times)`` or ``("error", message)``."""
+    """Worker loop: receive a list of model bytes, answer with :func:`_time_group`'s list."""
     import onnxruntime  # noqa: F401  (import before "ready" so the first deadline excludes it)
 
     conn.send("ready")
     while (msg := conn.recv()) is not None:
-        try:
-            conn.send(("ok", _time_model(msg, settings)))
-        except Exception as e:  # noqa: BLE001  -- any failure is reported and the candidate skipped
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+        conn.send(_time_group(msg, settings))
 
 
 class WorkerError(RuntimeError):
@@ -244,23 +258,26 @@ class Timer:
                 "`if __name__ == '__main__':` guard, since the worker is spawned (it re-imports the script)."
             )
 
-    def time(self, model_bytes: bytes) -> list[float]:
-        """Timed runs (ms); raises TimeoutError past ``settings.timeout``, RuntimeError on failure."""
+    def time(self, models: Sequence[bytes]) -> list[list[float] | RuntimeError]:
+        """Time ``models`` as one group: per model, its timed runs (ms) or the RuntimeError it raised.
+
+        Raises TimeoutError past ``settings.timeout`` per model, and RuntimeError when the worker
+        dies (e.g. a segfault inside ORT); the next call then starts a fresh worker.
+        """
         if self._proc is None:
             self._start()
-        self._conn.send(model_bytes)
-        if not self._conn.poll(self.settings.timeout):
-            self.close()  # the worker is stuck in this candidate: kill it, the next call starts afresh
-            raise TimeoutError(f"timed out after {self.settings.timeout:g} s")
+        self._conn.send(list(models))
+        limit = self.settings.timeout * len(models)
+        if not self._conn.poll(limit):
+            self.close()  # the worker is stuck in a candidate: kill it, the next call starts afresh
+            raise TimeoutError(f"timed out after {limit:g} s")
         try:
-            status, payload = self._conn.recv()
-        except EOFError:  # the worker crashed (e.g. a segfault inside ORT)
+            answer = self._conn.recv()
+        except EOFError:
             code = self._proc.exitcode
             self.close()
             raise RuntimeError(f"the timing worker died (exit code {code})") from None
-        if status != "ok":
-            raise RuntimeError(payload)
-        return payload
+        return [payload if status == "ok" else RuntimeError(payload) for status, payload in answer]
 
     def close(self) -> None:
         if self._proc is not None:
@@ -283,30 +300,60 @@ Candidate = tuple[str, Callable[[], onnx.ModelProto]]  # (arch string, builds it
 
 
 def measure(candidates: Sequence[Candidate], settings: Settings, desc: str = "measuring", on_result=None) -> list[Result]:
-    """Time every candidate (progress bar); failures are logged and returned with ``error`` set.
+    """Time every candidate, in groups of ``settings.interleave`` (progress bar); failures are
+    logged and returned with ``error`` set.
 
-    ``on_result(result)`` is called after each candidate, e.g. to append it to a file at once.
+    ``on_result(result)`` is called after each group for each of its candidates, in order, e.g. to
+    append it to a file at once.
     """
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     results = []
     with Timer(settings) as timer, logging_redirect_tqdm():
-        bar = tqdm(candidates, desc=desc, unit="arch", dynamic_ncols=True)
-        for arch, build in bar:
-            r = Result(arch)
-            try:
-                r.times_ms = timer.time(with_random_weights(build()).SerializeToString())
-                bar.set_postfix(ms=f"{r.median:.3g}", cv=f"{r.cv:.3f}")
-            except WorkerError:
-                raise  # not this candidate's fault: every later one would fail the same way
-            except Exception as e:  # noqa: BLE001  -- logged and skipped, never aborts the campaign
-                r.error = str(e) if isinstance(e, (TimeoutError, RuntimeError)) else f"{type(e).__name__}: {e}"
-                log.warning("skipped %s: %s", arch, r.error)
-            results.append(r)
-            if on_result is not None:
-                on_result(r)
+        bar = tqdm(total=len(candidates), desc=desc, unit="arch", dynamic_ncols=True)
+        for start in range(0, len(candidates), settings.interleave):
+            group = candidates[start : start + settings.interleave]
+            done = [Result(arch) for arch, _ in group]
+            timed, models = [], []
+            for r, (_, build) in zip(done, group):
+                try:
+                    models.append(with_random_weights(build()).SerializeToString())
+                    timed.append(r)
+                except Exception as e:  # noqa: BLE001  -- logged and skipped, never aborts the campaign
+                    r.error = f"{type(e).__name__}: {e}"
+            for r, outcome in zip(timed, _time_or_split(timer, models)):
+                if isinstance(outcome, Exception):
+                    r.error = str(outcome)
+                else:
+                    r.times_ms = outcome
+            for r in done:
+                if r.error is not None:
+                    log.warning("skipped %s: %s", r.arch, r.error)
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+            bar.update(len(done))
+            if ok := [r for r in done if r.error is None]:
+                bar.set_postfix(ms=f"{np.median([r.median for r in ok]):.3g}", cv=f"{np.median([r.cv for r in ok]):.3f}")
+        bar.close()
     return results
+
+
+def _time_or_split(timer: Timer, models: list[bytes]) -> list[list[float] | Exception]:
+    """``timer.time(models)``; when the group times out or kills the worker, halve it until the
+    culprit is alone, so only that candidate fails."""
+    if not models:
+        return []
+    try:
+        return timer.time(models)
+    except WorkerError:
+        raise  # not a candidate's fault: every later one would fail the same way
+    except (TimeoutError, RuntimeError) as e:
+        if len(models) == 1:
+            return [e]
+        half = len(models) // 2
+        return _time_or_split(timer, models[:half]) + _time_or_split(timer, models[half:])
 
 
 #: CSV columns. ``arch,value`` first: the fine-tune loader (``data.load_arch_values``) reads those
@@ -432,9 +479,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", help="pin to these CPUs first, e.g. '2,3' or '0-3' (os.sched_setaffinity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=non_negative, default=d.warmup, help="untimed runs per candidate")
-    p.add_argument("--repeats", type=positive(int), default=d.repeats, help="timed runs per session (median of all kept)")
-    p.add_argument("--sessions", type=positive(int), default=d.sessions,
-                   help="fresh sessions per candidate (each biases its runs; >1 averages that out for close latencies)")
+    p.add_argument("--repeats", type=positive(int), default=d.repeats, help="timed runs per candidate (the median is kept)")
+    p.add_argument("--interleave", type=positive(int), default=d.interleave,
+                   help="candidates timed together, their runs interleaved in random order (cancels the machine's speed drifts)")
     p.add_argument("--timeout", type=positive(float), default=d.timeout, help="seconds per candidate before it is skipped")
     p.add_argument("--out", type=Path, help="CSV to write or resume (arch,value,space,metric,cv); JSON sidecar FILE.meta")
     p.add_argument("--check", action="store_true", help=f"measure the candidates twice, print the Spearman (target >= {CHECK_TARGET}); writes nothing")
@@ -478,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    settings = Settings(a.provider, a.threads, a.warmup, a.repeats, a.timeout, a.sessions)
+    settings = Settings(a.provider, a.threads, a.warmup, a.repeats, a.timeout, a.interleave)
     cpus = sorted(os.sched_getaffinity(0))
     if a.provider == "cpu" and a.threads > len(cpus):
         log.warning("--threads %d exceeds the %d CPUs this process may use: threads will share cores", a.threads, len(cpus))

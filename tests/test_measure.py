@@ -84,10 +84,13 @@ def test_three_candidates_give_a_valid_csv_and_sidecar(tmp_path):
     assert "3 measured, 0 failed; CV median" in M.summarize(results)
 
 
-def test_sessions_time_the_network_in_fresh_sessions():
-    settings = M.Settings(warmup=1, repeats=3, timeout=30.0, sessions=2)
-    times = M._time_model(M.with_random_weights(conv_net(4)).SerializeToString(), settings)
-    assert len(times) == 6 and all(t > 0 for t in times)  # every session's timed runs, pooled
+def test_a_group_is_timed_together_and_a_bad_model_fails_alone():
+    bad = conv_net(8)
+    bad.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5  # conv expects 3 channels
+    models = [M.with_random_weights(m).SerializeToString() for m in (conv_net(4), bad, conv_net(16))]
+    (s4, t4), (s_bad, err), (s16, t16) = M._time_group(models, M.Settings(warmup=1, repeats=4))
+    assert s4 == s16 == "ok" and len(t4) == len(t16) == 4 and all(t > 0 for t in t4 + t16)
+    assert s_bad == "error" and "Input channels C is not equal to kernel channels" in err
 
 
 def test_resume_appends_without_duplicates_and_refuses_other_settings(tmp_path):
