@@ -237,7 +237,7 @@ def save_best(out: Path, rlm) -> None:
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
 RUN_ARGS = ("config", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
-            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip")
+            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -249,6 +249,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this invocation; a checkpoint is saved when it runs out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/last exactly (run arguments come from the checkpoint)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights and tokenizer (a folder or 'default'; --config is then "
+                        "ignored) with a fresh optimizer and LR schedule: a second stage of training. Give it "
+                        "--holdout CHECKPOINT/metrics.json so validation stays on architectures it never trained on")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of ARCHITECTURES held out per space")
     p.add_argument("--holdout", default=None, help="JSON file of [space, arch] pairs to hold out instead (or a metrics.json of an earlier run)")
     p.add_argument("--exclude", default=None, help="JSON file of [space, arch] pairs (or {\"archs\": [...]}) never to train or validate on")
@@ -365,6 +369,15 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     metrics = sorted({e.metric for e in examples})
     if state:
         rlm = RLM.from_pretrained(ckpt_dir)
+    elif args.init:
+        try:
+            rlm = RLM.from_pretrained(args.init)
+        except (OSError, ValueError) as e:
+            raise DataError(f"--init {args.init}: {e}") from None
+        if new := [m for m in metrics if m not in rlm.metrics]:
+            rlm.add_metrics(new)
+        if not args.holdout:
+            log(f"warning: --init without --holdout: validation may score architectures {args.init} trained on")
     else:
         # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
         # small and shared within a space, so a few hundred texts per space cover it.
@@ -391,7 +404,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, best, bad_evals, history, elapsed0 = state["step"], state["best"], state["bad_evals"], state["history"], state["elapsed"]
-    log(f"model {args.config}: {sum(p.numel() for p in params):,} parameters, {len(metrics)} metrics; "
+    log(f"model {f'from {args.init}' if args.init else args.config}: {sum(p.numel() for p in params):,} parameters, {len(metrics)} metrics; "
         f"{total} steps of {per_step} architectures ({steps_per_epoch}/epoch), {'bf16' if use_bf16 else 'fp32'} on {dist.device}, "
         f"{dist.world} process(es)")
 

@@ -139,6 +139,26 @@ def test_several_data_folders_and_excluded_metrics(data, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["split"]["exclude_metrics"] == ["accuracy:*"]
 
 
+def test_second_stage_from_a_checkpoint_keeps_its_tokenizer_and_validation(reference, data, tmp_path, capsys):
+    """``--init`` continues from a trained model with a fresh schedule; a new metric in the data is added."""
+    from rlm_nas.model import RLM
+
+    extra = tmp_path / "measured"
+    extra.mkdir()
+    space = get_space("nb201")
+    rows = [f'nb201,"{space.format(g)}",latency:mine,{1 + i % 5}' for i, g in enumerate(space.sample(20, seed=3))]
+    (extra / "mine.csv").write_text("space,arch,metric,value\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "stage2"
+    assert main(["--data", str(data), str(extra), "--out", str(out), *ARGS, "--max-steps", "2",
+                 "--init", str(reference), "--holdout", str(reference / "metrics.json")]) == 0
+    assert f"model from {reference}" in capsys.readouterr().out
+    assert (out / "tokenizer.json").read_text() == (reference / "tokenizer.json").read_text()
+    assert set(RLM.from_pretrained(out).metrics) == {"latency:toy", "accuracy:toy", "latency:mine"}
+    val = lambda d: json.loads((d / "metrics.json").read_text())["split"]["val_archs"]  # noqa: E731
+    assert {tuple(a) for a in val(out)} == {tuple(a) for a in val(reference)}
+    assert not same_weights(reference, out)
+
+
 def test_ddp_two_gloo_processes(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlm_nas.train",
