@@ -16,9 +16,10 @@ pixel2/pixel3 fall into different folds). For every unseen device and repeat:
   architectures (never trained on by the checkpoint, never drawn as shots):
 
   - ``rlm``: the checkpoint adapted with :func:`rlm_nas.finetune.finetune` as the CLI does by
-    default: below ``FEW_SHOT_ROWS`` (100) rows, ``steps=0`` (the new device starts from the known
-    device whose predictions rank the shots best, calibrated to the shots' units); ``--rlm-steps N``
-    forces N gradient steps instead. Median of ``--samples`` samples;
+    default: below ``FEW_SHOT_ROWS`` (100) rows, ``steps=0`` (the new device is reported as a
+    weighted geometric mean of known devices' predictions, weights fitted to the shots by
+    non-negative least squares in log space: :func:`rlm_nas.finetune.fit_calibration`);
+    ``--rlm-steps N`` forces N gradient steps instead. Median of ``--samples`` samples;
   - ``lightgbm``: LightGBM on ``space.one_hot`` fitted on the K rows (few-shot settings :data:`LGBM`);
   - ``nearest``: the known device (one the checkpoint was trained on) whose measured latencies
     rank the K shots best; its *measured* latencies on the test architectures are the prediction;

@@ -161,8 +161,8 @@ class RLM:
         self.module = module
         self._metrics = list(metrics)
         self._known: set[tuple[str, str]] = set()
-        #: metric -> (a, b): its samples x are reported as exp(a) * x**b (see :meth:`calibrate`).
-        self._calibration: dict[str, tuple[float, float]] = {}
+        #: metric -> (a, {source: b}): reported as exp(a) * prod(x_source**b) (see :meth:`calibrate`).
+        self._calibration: dict[str, tuple[float, dict[str, float]]] = {}
         self._warned_truncation = False
 
     # --- construction -----------------------------------------------------------------------
@@ -195,23 +195,30 @@ class RLM:
             self._known.add((space, metric))
 
     @property
-    def calibration(self) -> dict[str, tuple[float, float]]:
-        """``{metric: (a, b)}``: samples ``x`` of these metrics are reported as ``exp(a) * x**b``."""
-        return dict(self._calibration)
+    def calibration(self) -> dict[str, tuple[float, dict[str, float]]]:
+        """``{metric: (a, {source: b})}``: these metrics are reported as ``exp(a) * prod(x_source**b)``."""
+        return {m: (a, dict(w)) for m, (a, w) in self._calibration.items()}
 
-    def calibrate(self, metric: str, a: float, b: float) -> None:
-        """Report ``metric`` as ``exp(a) * x**b`` of the decoded number ``x`` (``b > 0`` keeps ranks).
+    def calibrate(self, metric: str, a: float, b: float | Mapping[str, float]) -> None:
+        """Report ``metric`` as ``exp(a) * prod_s x_s**b[s]``, where ``x_s`` are the decoded numbers
+        of the source metrics ``s`` (sample by sample); a number ``b`` means ``{metric: b}``.
 
-        For a new device located at a known one (few-shot adaptation): the model ranks like that
-        device, and this maps its milliseconds to the new device's. ``a = 0, b = 1`` removes it.
+        For a new device located among the known ones (few-shot adaptation, see
+        :func:`rlm_nas.finetune.fit_calibration`): it ranks like a weighted geometric mean of similar
+        devices, in its own units. Exponents must be >= 0 (a source never counts against its own
+        ranking) with a positive sum. ``a = 0, b = 1`` removes the calibration.
         """
         self._metric_ids([metric])
-        if not (math.isfinite(a) and math.isfinite(b) and b > 0):
-            raise ValueError(f"calibrate({metric!r}): need finite a and b > 0, got a={a!r}, b={b!r}")
-        if (a, b) == (0.0, 1.0):
+        weights = {metric: b} if isinstance(b, (int, float)) else dict(b)
+        self._metric_ids(list(weights))
+        if not (isinstance(a, (int, float)) and math.isfinite(a)) or not weights or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in weights.values()
+        ) or sum(weights.values()) <= 0:
+            raise ValueError(f"calibrate({metric!r}): need a finite a and exponents b >= 0 with b > 0 in sum, got a={a!r}, b={b!r}")
+        if a == 0 and weights == {metric: 1}:
             self._calibration.pop(metric, None)
         else:
-            self._calibration[metric] = (float(a), float(b))
+            self._calibration[metric] = (float(a), {s: float(v) for s, v in weights.items() if v > 0})
 
     def add_metrics(self, names: Sequence[str], like: Mapping[str, str] | None = None) -> None:
         """Grow the decoder vocabulary with new metric tokens (existing names are skipped).
@@ -362,7 +369,10 @@ class RLM:
         greedy (then all samples are equal). The same ``seed`` and arguments give the same output.
         """
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        metric_ids = self._metric_ids(metrics)
+        self._metric_ids(metrics)
+        # What is decoded: each metric's own numbers, or its calibration's sources.
+        decoded = list(dict.fromkeys(s for m in metrics for s in (self._calibration[m][1] if m in self._calibration else [m])))
+        metric_ids = self._metric_ids(decoded)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
@@ -371,9 +381,9 @@ class RLM:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         texts, spaces = self._model_inputs(inputs, space)
         extrapolated = np.array([any((s, m) not in self._known for s in set(spaces)) for m in metrics], dtype=bool)
-        samples = np.empty((len(texts), len(metrics), num_samples))
+        raw = np.empty((len(texts), len(decoded), num_samples))
         if not texts:
-            return Prediction(tuple(metrics), samples, extrapolated)
+            return Prediction(tuple(metrics), np.empty((0, len(metrics), num_samples)), extrapolated)
 
         ids = self._tokenize(texts)
         order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
@@ -388,14 +398,20 @@ class RLM:
                     idx = order[b : b + batch_size]
                     tokens = self._sample(self._pad([ids[i] for i in idx]), metric_ids, num_samples, temperature, gen)
                     values = self.number_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).cpu().numpy())
-                    samples[idx] = values.reshape(len(idx), len(metrics), num_samples)
+                    raw[idx] = values.reshape(len(idx), len(decoded), num_samples)
                     bar.update(len(idx))
-            for j, m in enumerate(metrics):
-                if m in self._calibration:
-                    a, b = self._calibration[m]
-                    samples[:, j] = np.sign(samples[:, j]) * np.exp(a) * np.abs(samples[:, j]) ** b
         finally:
             self.module.train(was_training)
+        samples = np.empty((len(texts), len(metrics), num_samples))
+        for j, m in enumerate(metrics):
+            if m not in self._calibration:
+                samples[:, j] = raw[:, decoded.index(m)]
+                continue
+            a, weights = self._calibration[m]
+            x = {s: raw[:, decoded.index(s)] for s in weights}
+            with np.errstate(divide="ignore"):  # a decoded 0 gives 0 (b > 0), not a warning
+                log = a + sum(b * np.log(np.abs(x[s])) for s, b in weights.items())
+            samples[:, j] = np.sign(x[max(weights, key=weights.get)]) * np.exp(log)
         return Prediction(tuple(metrics), samples, extrapolated)
 
     def _sample(self, batch, metric_ids: list[int], k: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
@@ -444,7 +460,7 @@ class RLM:
             "model_config": dataclasses.asdict(self.config),
             "metrics": self._metrics,
             "known_pairs": sorted(map(list, self._known)),
-            "calibration": {m: list(ab) for m, ab in sorted(self._calibration.items())},
+            "calibration": {m: [a, w] for m, (a, w) in sorted(self._calibration.items())},
             "text_vocab_size": self.text_tokenizer.vocab_size,
             "dtype": dtype or "float32",
         }
@@ -477,7 +493,7 @@ class RLM:
             config = ModelConfig(**meta["model_config"])
             metrics = _check_new_metrics([], meta["metrics"])
             pairs = [tuple(p) for p in meta["known_pairs"]]
-            calibration = {str(m): (float(a), float(b)) for m, (a, b) in meta.get("calibration", {}).items()}
+            calibration = {str(m): (a, b) for m, (a, b) in meta.get("calibration", {}).items()}
         except CheckpointError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as err:

@@ -117,36 +117,48 @@ def test_new_device_starts_from_the_nearest_known_one(checkpoint, monkeypatch):
         finetune(rlm, examples, init="closest")
 
 
-def test_locate_only_calibrates_units_and_keeps_ranks(checkpoint, tmp_path, monkeypatch):
-    """steps=0: the new device copies its nearest known one and maps that one's numbers to its own units."""
+def test_locate_only_mixes_known_devices_in_the_new_units(checkpoint, tmp_path, monkeypatch):
+    """steps=0: the new device is reported as a weighted geometric mean of known devices (NNLS in
+    log space), in its own units; a known device that ranks the rows backwards gets no weight."""
     import rlm_nas.finetune as F
     from rlm_nas.core import Prediction
     from rlm_nas.model import RLM
 
     rlm = RLM.from_pretrained(checkpoint)
+    rlm.add_metrics(["latency:twin"])
+    rlm.register_pairs([("nb201", "latency:pixel3"), ("nb201", "latency:twin")])
     examples = new_device(8)
     y = np.array([e.value for e in examples])
-    raw = np.exp((np.log(y) - 1.0) / 2.0)  # what the nearest device predicts: y = e * raw**2
+    raw = np.exp((np.log(y) - 1.0) / 2.0)  # pixel3's numbers: y = e * raw**2; twin's: 1 / raw
     calls = []
 
-    def fake_predict(archs, metric, **kw):
-        calls.append(metric)
-        return Prediction((metric,), raw[:, None, None])
+    def fake_predict(archs, metrics, **kw):
+        calls.append(list(metrics))
+        return Prediction(tuple(metrics), np.stack([raw, 1 / raw], axis=1)[:, :, None])
 
     monkeypatch.setattr(F, "nearest_metric", lambda rlm, ex: {"latency:newdev": "latency:pixel3"})
     monkeypatch.setattr(rlm, "predict", fake_predict)
     info = {}
     finetune(rlm, examples, steps=0, info=info)
     monkeypatch.undo()
-    assert info["steps"] == 0 and info["init"] == {"latency:newdev": "latency:pixel3"} and calls == ["latency:newdev"]
-    a, b = rlm.calibration["latency:newdev"]
-    assert np.isclose(a, 1.0) and np.isclose(b, 2.0)
-    # predict applies it to the decoded numbers (sign kept), so the ranking is the located one's
+    assert info["steps"] == 0 and info["init"] == {"latency:newdev": "latency:pixel3"}
+    assert calls == [["latency:pixel3", "latency:twin"]]  # the new metric itself is no candidate
+    a, weights = rlm.calibration["latency:newdev"]
+    assert np.isclose(a, 1.0) and weights.keys() == {"latency:pixel3"} and np.isclose(weights["latency:pixel3"], 2.0)
+    # predict composes it sample by sample from the sources' decoded numbers
     archs = [e.arch for e in examples]
-    both = rlm.predict(archs, ["latency:pixel3", "latency:newdev"], space="nb201", num_samples=1, temperature=0).median
-    x = both[:, 0]
-    assert np.allclose(both[:, 1], np.sign(x) * np.exp(1.0) * np.abs(x) ** 2.0)
+    out = rlm.predict(archs, ["latency:pixel3", "latency:newdev"], space="nb201", num_samples=1, temperature=0).median
+    x = out[:, 0]
+    assert np.allclose(out[:, 1], np.sign(x) * np.exp(1.0) * np.abs(x) ** 2.0)
+    rlm.calibrate("latency:newdev", 0.5, {"latency:pixel3": 0.5, "latency:twin": 0.5})
+    out = rlm.predict(archs, ["latency:pixel3", "latency:twin", "latency:newdev"], space="nb201", num_samples=2, seed=3).samples
+    assert np.allclose(out[:, 2], np.sign(out[:, 0]) * np.exp(0.5) * np.sqrt(np.abs(out[:, 0] * out[:, 1])))
     loaded = RLM.from_pretrained(rlm.save_pretrained(tmp_path / "located"))
     assert loaded.calibration == rlm.calibration
-    with pytest.raises(ValueError, match="b > 0"):
-        rlm.calibrate("latency:newdev", 0.0, -1.0)
+    with pytest.raises(ValueError, match="exponents b >= 0"):
+        rlm.calibrate("latency:newdev", 0.0, {"latency:pixel3": -1.0})
+    with pytest.raises(ValueError, match="unknown metric 'latency:nope'"):
+        rlm.calibrate("latency:newdev", 0.0, {"latency:nope": 1.0})
+    # gradient steps on the metric drop the mixture: its own trained numbers are reported
+    finetune(rlm, examples, steps=1)
+    assert "latency:newdev" not in rlm.calibration
