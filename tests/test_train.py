@@ -122,15 +122,21 @@ def test_time_budget_and_exclude(data, tmp_path, capsys):
     assert rlm.predict([m["split"]["val_archs"][0][1]], ["latency:toy"], space="nb201", num_samples=2).median.shape == (1, 1)
 
 
-def test_several_data_folders_and_excluded_metrics(data, tmp_path, capsys):
-    """``--data`` takes several folders; ``--exclude-metrics`` makes a metric unknown to the model."""
-    from rlm_nas.model import RLM
-
+def measured_folder(tmp_path: Path) -> Path:
+    """A second data folder: 20 NB201 rows of a metric the toy data lacks (``latency:mine``)."""
     extra = tmp_path / "measured"
     extra.mkdir()
     space = get_space("nb201")
     rows = [f'nb201,"{space.format(g)}",latency:mine,{1 + i % 5}' for i, g in enumerate(space.sample(20, seed=3))]
     (extra / "mine.csv").write_text("space,arch,metric,value\n" + "\n".join(rows) + "\n")
+    return extra
+
+
+def test_several_data_folders_and_excluded_metrics(data, tmp_path, capsys):
+    """``--data`` takes several folders; ``--exclude-metrics`` makes a metric unknown to the model."""
+    from rlm_nas.model import RLM
+
+    extra = measured_folder(tmp_path)
     out = tmp_path / "out"
     assert main(["--data", str(data), str(extra), "--out", str(out), *ARGS, "--max-steps", "2",
                  "--exclude-metrics", "accuracy:*"]) == 0
@@ -143,11 +149,7 @@ def test_second_stage_from_a_checkpoint_keeps_its_tokenizer_and_validation(refer
     """``--init`` continues from a trained model with a fresh schedule; a new metric in the data is added."""
     from rlm_nas.model import RLM
 
-    extra = tmp_path / "measured"
-    extra.mkdir()
-    space = get_space("nb201")
-    rows = [f'nb201,"{space.format(g)}",latency:mine,{1 + i % 5}' for i, g in enumerate(space.sample(20, seed=3))]
-    (extra / "mine.csv").write_text("space,arch,metric,value\n" + "\n".join(rows) + "\n")
+    extra = measured_folder(tmp_path)
     out = tmp_path / "stage2"
     assert main(["--data", str(data), str(extra), "--out", str(out), *ARGS, "--max-steps", "2",
                  "--init", str(reference), "--holdout", str(reference / "metrics.json")]) == 0
