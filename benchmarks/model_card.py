@@ -22,6 +22,11 @@ def _fmt(x) -> str:
 def card(run: Path, command: str, wall: str, peak_mem: str) -> str:
     m = json.loads((run / "metrics.json").read_text())
     rows = sorted(m["val"], key=lambda r: (r["space"], r["metric"]))
+    split = m["split"]
+    # A later training stage (--init, --holdout) validates on the first stage's architectures, so
+    # neither stage ever trained on them.
+    validation = (f"validation architectures: the first stage's (`--holdout`), never trained on by either stage"
+                  if split.get("holdout") else f"validation fraction {split['val_fraction']} per space, seed {split['seed']}")
     lines = [
         "# rlm-nas default checkpoint",
         "",
@@ -32,7 +37,7 @@ def card(run: Path, command: str, wall: str, peak_mem: str) -> str:
         f"- Training command: `{command}`",
         f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})",
         f"- Split: by architecture. The benchmarks' test architectures (`benchmarks/test_split.json`) were excluded",
-        f"  from training and validation; validation fraction {m['split']['val_fraction']} per space, seed {m['split']['seed']}.",
+        f"  from training and validation; {validation}.",
         "- Weights are stored in float16 (loaded as float32).",
         "",
         "## Held-out quality per (space, metric)",
