@@ -140,8 +140,9 @@ def main(argv=None) -> int:
           f"Command: `python {' '.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])}`  ",
           f"{args.n} archs x {args.repeats} repeats (median), {args.samples} samples per metric, batch {args.batch_size}, "
           f"{args.threads} torch threads, checkpoint {args.checkpoint} ({rlm!r}, loaded once in {load_s:.1f} s, not counted). "
-          f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
-          f"(above {os.cpu_count()}, other processes shared the cores: wall figures are then pessimistic, archs per CPU-second much less so).\n",
+          f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
+          + (" (other processes shared the cores: wall figures are pessimistic, archs per CPU-second much less so).\n"
+             if max(load) > os.cpu_count() else ".\n"),
           "| metrics | archs/s | archs/CPU-s | ms/arch | ONNX build | text | tokenize | encode | decode | other | target >= 25/s |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
