@@ -41,18 +41,25 @@ FEW_SHOT_ROWS = 100
 MAX_SOURCES = 4
 
 
-def _known_predictions(rlm, space: str, metric: str, archs: list[str]) -> tuple[list[str], np.ndarray]:
+def _known_predictions(rlm, space: str, metric: str, archs: list[str], cache: dict | None = None) -> tuple[list[str], np.ndarray]:
     """The known metrics of ``metric``'s kind trained on ``space``, and their greedy predictions on
-    ``archs`` (one column each)."""
+    ``archs`` (one column each). ``cache`` (a dict) keeps them for a later call on the same rows:
+    :func:`finetune` locates a new metric with :func:`nearest_metric`, then :func:`fit_calibration`,
+    and the ONNX texts and decoding need not be done twice (adding the new metric's token changes
+    neither the known metrics nor their predictions)."""
     from rlm_nas.model import _kind
 
+    key = (space, metric, tuple(archs))
+    if cache is not None and key in cache:
+        return cache[key]
     known = [m for m in rlm.metrics if _kind(m) == _kind(metric) and m != metric and (space, m) in rlm.known_pairs]
-    if not known:
-        return [], np.empty((len(archs), 0))
-    return known, rlm.predict(archs, known, space=space, num_samples=1, temperature=0).median
+    pred = rlm.predict(archs, known, space=space, num_samples=1, temperature=0).median if known else np.empty((len(archs), 0))
+    if cache is not None:
+        cache[key] = known, pred
+    return known, pred
 
 
-def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
+def nearest_metric(rlm, examples: list[Example], cache: dict | None = None) -> dict[str, str]:
     """For each metric of ``examples`` that ``rlm`` does not know: the known metric of the same kind
     (``latency:*``) whose predictions on those architectures rank them most like the measured values.
 
@@ -60,7 +67,8 @@ def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
     architectures locate the new device among the known ones, and the new device starts from that
     one's embedding instead of the average device's. Greedy predictions, Spearman; only metrics
     the model was trained on for the examples' space are candidates. Metrics with fewer than 3
-    distinct values, or no candidate, are left out (they start from the average).
+    distinct values, or no candidate, are left out (they start from the average). ``cache``: see
+    :func:`_known_predictions`.
     """
     from scipy.stats import spearmanr
 
@@ -72,7 +80,7 @@ def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
     for (space, metric), rows in sorted(by_metric.items()):
         if len(set(rows.values())) < 3:
             continue
-        known, pred = _known_predictions(rlm, space, metric, list(rows))
+        known, pred = _known_predictions(rlm, space, metric, list(rows), cache)
         values = list(rows.values())
         # A metric predicted constant on these rows ranks nothing: it cannot be the nearest.
         rho = np.array([spearmanr(pred[:, j], values)[0] if np.ptp(pred[:, j]) > 0 else -np.inf for j in range(len(known))])
@@ -82,7 +90,7 @@ def nearest_metric(rlm, examples: list[Example]) -> dict[str, str]:
     return chosen
 
 
-def fit_calibration(rlm, examples: list[Example]) -> None:
+def fit_calibration(rlm, examples: list[Example], cache: dict | None = None) -> None:
     """Locate the (new) metric of ``examples`` among the known ones: fit :meth:`RLM.calibrate` so that
     ``log(value) = a + sum_s b_s * log(prediction of known metric s)``.
 
@@ -95,16 +103,17 @@ def fit_calibration(rlm, examples: list[Example]) -> None:
     (``benchmarks/RESULTS.md``).
     Falls back to the metric's own numbers (a log-log line, ``b`` clipped to [0.2, 5]) when no known
     metric gets a positive weight, and does nothing when a value or prediction is not positive.
+    ``cache``: see :func:`_known_predictions`.
     """
     from scipy.optimize import nnls
 
     metric, space = examples[0].metric, examples[0].space
     rlm.calibrate(metric, 0.0, 1.0)
     y = np.array([e.value for e in examples], float)
-    archs = [e.arch for e in examples]
-    known, pred = _known_predictions(rlm, space, metric, archs)
     if (y <= 0).any():
         return
+    archs = [e.arch for e in examples]
+    known, pred = _known_predictions(rlm, space, metric, archs, cache)
     ly = np.log(y)
     if known and (pred > 0).all():
         lx = np.log(pred)
@@ -161,12 +170,13 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
         new = sorted({e.metric for e in examples} - set(rlm.metrics))
         if init not in ("nearest", "mean"):
             raise ValueError(f"finetune: init must be 'nearest' or 'mean', got {init!r}")
-        like = nearest_metric(rlm, examples) if new and init == "nearest" else {}
+        located: dict = {}  # the known metrics' predictions, shared by the two locating steps
+        like = nearest_metric(rlm, examples, located) if new and init == "nearest" else {}
         if new:
             rlm.add_metrics(new, like=like)  # replaces the embedding parameter: the optimizer comes after
         if steps == 0:  # before register_pairs: a metric new in this call cannot be another's source
             for metric in like:
-                fit_calibration(rlm, [e for e in examples if e.metric == metric])
+                fit_calibration(rlm, [e for e in examples if e.metric == metric], located)
         rlm.register_pairs(sorted({(e.space, e.metric) for e in examples}))
         if steps == 0:
             if info is not None:

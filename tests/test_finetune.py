@@ -136,7 +136,7 @@ def test_locate_only_mixes_known_devices_in_the_new_units(checkpoint, tmp_path, 
         calls.append(list(metrics))
         return Prediction(tuple(metrics), np.stack([raw, 1 / raw], axis=1)[:, :, None])
 
-    monkeypatch.setattr(F, "nearest_metric", lambda rlm, ex: {"latency:newdev": "latency:pixel3"})
+    monkeypatch.setattr(F, "nearest_metric", lambda rlm, ex, cache=None: {"latency:newdev": "latency:pixel3"})
     monkeypatch.setattr(rlm, "predict", fake_predict)
     info = {}
     finetune(rlm, examples, steps=0, info=info)
@@ -162,3 +162,28 @@ def test_locate_only_mixes_known_devices_in_the_new_units(checkpoint, tmp_path, 
     # gradient steps on the metric drop the mixture: its own trained numbers are reported
     finetune(rlm, examples, steps=1)
     assert "latency:newdev" not in rlm.calibration
+
+def test_locating_decodes_the_known_devices_once(checkpoint, monkeypatch):
+    """steps=0: nearest_metric and fit_calibration share the known devices' predictions on the rows."""
+    from rlm_nas.core import Prediction
+    from rlm_nas.model import RLM
+
+    rlm = RLM.from_pretrained(checkpoint)
+    rlm.add_metrics(["latency:twin"])
+    rlm.register_pairs([("nb201", "latency:pixel3"), ("nb201", "latency:twin")])
+    examples = new_device(8)
+    y = np.array([e.value for e in examples])
+    calls = []
+
+    def fake_predict(archs, metrics, **kw):
+        calls.append(list(metrics))
+        return Prediction(tuple(metrics), np.stack([1 / y, y**1.5], axis=1)[:, :, None])
+
+    monkeypatch.setattr(rlm, "predict", fake_predict)
+    info = {}
+    finetune(rlm, examples, steps=0, info=info)
+    monkeypatch.undo()
+    assert calls == [["latency:pixel3", "latency:twin"]]
+    assert info["init"] == {"latency:newdev": "latency:twin"}
+    a, weights = rlm.calibration["latency:newdev"]
+    assert weights.keys() == {"latency:twin"} and np.isclose(weights["latency:twin"], 1 / 1.5) and np.isclose(a, 0.0, atol=1e-9)
