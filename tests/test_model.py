@@ -275,3 +275,13 @@ def test_make_config_errors():
         make_config("tiny", dropout=1.5)
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         make_config("tiny", width=3)
+
+
+def test_interval_is_made_of_samples_so_one_wild_sample_cannot_stretch_it():
+    from rlm_nas.core import Prediction
+
+    # 8 samples, one decoded with a wrong exponent: an interpolated p90 would be ~8,900.
+    samples = np.array([[[93.1, 93.4, 93.6, 93.8, 94.0, 94.2, 94.4, 2.97e4]]])
+    p = Prediction(("accuracy:cifar10",), samples)
+    assert p.p10[0, 0] == 93.4 and p.p90[0, 0] == 94.4
+    assert p.p10[0, 0] <= p.median[0, 0] <= p.p90[0, 0]
