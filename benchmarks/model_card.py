@@ -6,6 +6,8 @@
 The card lists every (space, metric) pair the model was trained on, with Spearman and Kendall-tau
 on the run's validation architectures (held out by architecture, never trained on). Pairs with
 too few validation architectures, or constant predictions, show ``n/a``: say so, don't guess.
+Beside it goes ``training.json``: the run's ``metrics.json`` without its bulky history and list
+of validation architectures, so benchmarks can check what the shipped model was trained on.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def card(run: Path, command: str, wall: str, peak_mem: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_record(run: Path) -> dict:
+    """The run's ``metrics.json`` minus ``history`` and ``split.val_archs`` (~10 KB instead of ~0.5 MB)."""
+    m = json.loads((run / "metrics.json").read_text())
+    m.pop("history", None)
+    m["split"] = {k: v for k, v in m["split"].items() if k != "val_archs"}
+    return m
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="training output folder (has metrics.json)")
@@ -62,7 +72,8 @@ def main() -> None:
     p.add_argument("--peak-mem", required=True)
     args = p.parse_args()
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem))
-    print(f"wrote {args.checkpoint / 'README.md'}")
+    (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run), indent=1) + "\n")
+    print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 
 
 if __name__ == "__main__":

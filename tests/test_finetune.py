@@ -70,6 +70,17 @@ def test_finetune_is_bounded_in_time(checkpoint):
         finetune(rlm, [])
 
 
+def test_learning_rate_decays_to_a_tenth_over_the_step_budget(checkpoint, monkeypatch):
+    from rlm_nas.model import RLM
+
+    lrs = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1])
+    finetune(RLM.from_pretrained(checkpoint), new_device(8), steps=10, max_seconds=None, lr=1e-3)
+    assert len(lrs) == 10 and lrs[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-3 * (1 - 0.9 * 9 / 10))
+
+
 def test_finetune_cli(checkpoint, tmp_path, capsys):
     from rlm_nas.model import RLM
 
