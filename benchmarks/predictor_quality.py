@@ -238,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8, help="RLM samples per prediction; the median is scored")
     p.add_argument("--sizes", nargs="+", default=["100", "1000", "all"], help="training-row counts ('all' = every training row)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 tasks, sizes 50 200, at most 100 test archs per space")
+    p.add_argument("--spaces", nargs="+", default=None, help="only these spaces' tasks (nb201, fbnet, nb301; default: all)")
     p.add_argument("--max-test", type=int, default=None, help="at most this many test archs per space (default: all)")
     p.add_argument("--rlm-finetune", action="store_true",
                    help="also fine-tune the checkpoint on each (space, size)'s rows (rlm-ft; ~45 min for the full table)")
@@ -252,6 +253,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.monotonic()
     tasks = QUICK_TASKS if args.quick else TASKS
+    if args.spaces:
+        known = sorted({space for space, _ in TASKS})
+        if unknown := sorted(set(args.spaces) - set(known)):
+            p.error(f"--spaces: {unknown} are not benchmarked; allowed: {known}")
+        tasks = [t for t in tasks if t[0] in args.spaces]
     if args.quick:
         args.sizes, args.max_test = ["50", "200"], args.max_test or 100
     bad = [s for s in args.sizes if s != "all" and not (s.isdigit() and int(s) > 0)]
