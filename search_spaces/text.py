@@ -56,7 +56,9 @@ BN, add), pooling and a classifier::
 
 Shapes inside a function body come from ONNX shape inference on the body with the input types of
 the call (``onnx.shape_inference`` does not fill function bodies itself); a function called with
-different input types is written once per distinct body text.
+different input types is written once per distinct body text. Inference propagates the values of
+shape computations (``data_prop``): a body that reshapes back to ``Shape(x)`` (FBNet's channel
+shuffle) keeps its static shape instead of printing ``?`` for every layer after it.
 """
 
 from __future__ import annotations
@@ -371,7 +373,7 @@ class _Renderer:
         g = self.model.graph
         if not self.functions:
             try:
-                g = shape_inference.infer_shapes(self.model).graph
+                g = shape_inference.infer_shapes(self.model, data_prop=True).graph
             except Exception:  # noqa: BLE001 - onnx raises several types; shapes then print as "?"
                 pass
         types = _Types()
@@ -509,7 +511,7 @@ class _Renderer:
         types = _Types()
         types.add(graph.input)
         try:
-            inferred = shape_inference.infer_shapes(tmp).graph
+            inferred = shape_inference.infer_shapes(tmp, data_prop=True).graph
         except Exception:  # noqa: BLE001 - unknown ops etc.: shapes print as "?"
             return types
         types.add(inferred.value_info)

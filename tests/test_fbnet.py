@@ -161,6 +161,15 @@ def test_onnx_writes_each_distinct_block_once_and_names_weights_by_state_dict():
     assert weights == {k for k in space.build(HELP_0).state_dict() if not k.endswith("num_batches_tracked")}
 
 
+def test_text_keeps_static_shapes_after_a_channel_shuffle():
+    # The shuffle reshapes back to Shape(x); without propagating that value every layer after the
+    # first _g2 block printed "?x?" for its spatial size, hiding the resolution latency depends on.
+    text = space.to_text(FBNetGenotype(("k3_e1_g2",) + ("k3_e3",) * 21))
+    assert "?" not in text
+    assert "Reshape 2 1 > 16x32x32" in text  # the shuffle's output shape
+    assert text.count("x4x4") > 0  # the last stage's 4x4 resolution is still written
+
+
 # --- FLOPs and params against NASFLAT's table ----------------------------------------------------------
 # The published numbers count, for one 32x32 image (found by fitting all 5,000 rows, see below):
 #   Conv2d / Linear: multiply-accumulates (no biases: the convs have none, the classifier's 100 are
