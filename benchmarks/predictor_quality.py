@@ -64,6 +64,9 @@ SIGN_ROWS = 1000
 #: untouched: validation Kendall-tau 0.247 (default), 0.323 / 0.346 / 0.437 after 4 / 12 / 30 epochs.
 FINETUNE_LR, FINETUNE_BATCH, FINETUNE_EPOCHS = 5e-4, 16, 30.0
 BASELINES = ("lightgbm", "flops", "params")
+#: Chosen on the default's validation archs, never the test split (benchmarks/sample_count.py):
+#: the median of 64 samples ranked better than that of 8 on 19/20 tasks, by +0.021 Spearman on average.
+SAMPLES = 64
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default=str(ROOT / "benchmarks" / "test_split.json"), help="fixed test split")
     p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default' (rlm_nas/checkpoints/default)")
     p.add_argument("--no-rlm", action="store_true", help="baselines only (no checkpoint needed)")
-    p.add_argument("--samples", type=int, default=8, help="RLM samples per prediction; the median is scored")
+    p.add_argument("--samples", type=int, default=SAMPLES, help="RLM samples per prediction; the median is scored (default: %(default)s)")
     p.add_argument("--sizes", nargs="+", default=["100", "1000", "all"], help="training-row counts ('all' = every training row)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 tasks, sizes 50 200, at most 100 test archs per space")
     p.add_argument("--spaces", nargs="+", default=None, help="only these spaces' tasks (nb201, fbnet, nb301; default: all)")

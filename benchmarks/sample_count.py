@@ -1,0 +1,132 @@
+"""How many decoder samples should the median take? Measured on the default's VALIDATION archs.
+
+    python benchmarks/sample_count.py --checkpoint default
+
+The number of samples behind a prediction's median is a free choice (the paper used 8 to 64), and
+choosing it on the test split would leak the test labels into the reported figures. This script
+makes the choice on the architectures the shipped default held out for validation, which it never
+trained on and which are disjoint from ``benchmarks/test_split.json``. The default's training
+record keeps only the validation recipe, not the architectures, so they are rebuilt the way its
+first stage drew them: every folder of ``--data``, ``--synthetic-per-space`` sampled architectures
+with exact params/flops (seed ``--split-seed``), the test split left out, then
+``split_by_arch(--val-fraction, --split-seed)``. The second stage validated on the same archs
+(``--holdout`` of the first stage's metrics.json). Rebuilt this way, the set equals the 2,379
+architectures the first stage's metrics.json recorded (checked on 2026-11-25).
+
+For each benchmarked task, Spearman of the median and of the mean of the first k of 64 samples,
+k in ``--counts``, and of greedy decoding (temperature 0, the most likely digit at each step).
+Writes a markdown report (``--out``) and JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from predictor_quality import TASKS, load_labels  # noqa: E402  (the quality benchmark's tasks and labels)
+
+
+def validation_archs(data: list[str], exclude: str, synthetic: int, fraction: float, seed: int) -> dict[str, list[str]]:
+    """``{space: [arch, ...]}``: the validation architectures of a first training stage run with these arguments."""
+    from rlm_nas.data import hold_out, load_dir, split_by_arch, synthetic_complexity
+    from rlm_nas.train import read_archs
+
+    examples = [e for folder in data for e in load_dir(folder, progress=False)[0]]
+    if synthetic:  # they change each space's architecture set, hence the shuffled order of the split
+        examples += synthetic_complexity(per_space=synthetic, seed=seed).examples
+    examples, _ = hold_out(examples, read_archs(exclude))
+    _, val = split_by_arch(examples, fraction, seed)
+    out: dict[str, set[str]] = defaultdict(set)
+    for e in val:
+        out[e.space].add(e.arch)
+    return {s: sorted(a) for s, a in out.items()}
+
+
+def main(argv=None) -> int:
+    from scipy.stats import spearmanr
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
+    p.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data"), str(ROOT / "measurements")],
+                   help="the training folders of the checkpoint's first stage (default: %(default)s)")
+    p.add_argument("--exclude", default=str(ROOT / "benchmarks" / "test_split.json"), help="the stage's --exclude")
+    p.add_argument("--synthetic-per-space", type=int, default=100, help="the stage's --synthetic-per-space")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the stage's --val-fraction")
+    p.add_argument("--split-seed", type=int, default=0, help="the first stage's --seed")
+    p.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32, 64], help="sample counts compared")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sample_count.md"), help="markdown report; JSON beside it")
+    args = p.parse_args(argv)
+    if min(args.counts) < 1:
+        p.error(f"--counts must be >= 1, got {args.counts}")
+
+    import torch
+
+    from rlm_nas.convert import model_input
+    from rlm_nas.model import RLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    val = validation_archs(args.data, args.exclude, args.synthetic_per_space, args.val_fraction, args.split_seed)
+    labels = load_labels(Path(args.data[0]), TASKS)
+    rlm = RLM.from_pretrained(args.checkpoint)
+    k_max = max(args.counts)
+    rows = []
+    for space in dict.fromkeys(s for s, _ in TASKS):
+        metrics = [m for s, m in TASKS if s == space]
+        archs = val.get(space, [])
+        texts = [model_input(space, a) for a in archs]
+        samples = rlm.predict(texts, metrics, num_samples=k_max, seed=args.seed, progress=True).samples
+        greedy = rlm.predict(texts, metrics, num_samples=1, temperature=0.0).samples[..., 0]  # digit by digit argmax
+        for j, metric in enumerate(metrics):
+            lab = labels[(space, metric)]
+            idx = [i for i, a in enumerate(archs) if a in lab]  # NaN (held-out) labels are absent
+            y = [lab[archs[i]] for i in idx]
+            row = {"space": space, "metric": metric, "n": len(idx), "greedy": float(spearmanr(y, greedy[idx, j])[0])}
+            for k in args.counts:
+                s = samples[idx, j, :k]
+                row[f"median@{k}"] = float(spearmanr(y, np.median(s, axis=-1))[0])
+                row[f"mean@{k}"] = float(spearmanr(y, s.mean(axis=-1))[0])
+            rows.append(row)
+
+    cols = [f"{agg}@{k}" for agg in ("median", "mean") for k in args.counts] + ["greedy"]
+    command = "python benchmarks/sample_count.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = ["# Samples per prediction, on the checkpoint's validation architectures\n",
+          f"Command: `{command.strip()}`  ",
+          f"Checkpoint {args.checkpoint}; validation archs: "
+          + ", ".join(f"{s} {len(a)}" for s, a in sorted(val.items()) if s in {t[0] for t in TASKS})
+          + f"; wall {time.monotonic() - t0:.0f} s. Cells: Spearman with the label.\n",
+          "| task | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    md += [f"| {r['space']} {r['metric']} | {r['n']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows]
+    base = f"median@{min(args.counts)}"
+    md.append("")
+    for k in args.counts[1:]:
+        better = sum(r[f"median@{k}"] > r[base] for r in rows)
+        gain = np.mean([r[f"median@{k}"] - r[base] for r in rows])
+        md.append(f"- median@{k} vs {base}: higher on {better}/{len(rows)} tasks, mean change {gain:+.3f}.")
+    for col in ("greedy", f"mean@{k_max}"):
+        better = sum(r[col] > r[f"median@{k_max}"] for r in rows)
+        md.append(f"- {col} vs median@{k_max}: higher on {better}/{len(rows)} tasks, "
+                  f"mean change {np.mean([r[col] - r[f'median@{k_max}'] for r in rows]):+.3f}.")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(md) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
