@@ -38,14 +38,11 @@ from predictor_quality import TASKS, load_labels  # noqa: E402  (the quality ben
 
 def validation_archs(data: list[str], exclude: str, synthetic: int, fraction: float, seed: int) -> dict[str, list[str]]:
     """``{space: [arch, ...]}``: the validation architectures of a first training stage run with these arguments."""
-    from rlm_nas.data import hold_out, load_dir, split_by_arch, synthetic_complexity
-    from rlm_nas.train import read_archs
+    from rlm_nas.data import split_by_arch
+    from rlm_nas.train import load_examples
 
-    examples = [e for folder in data for e in load_dir(folder, progress=False)[0]]
-    if synthetic:  # they change each space's architecture set, hence the shuffled order of the split
-        examples += synthetic_complexity(per_space=synthetic, seed=seed).examples
-    examples, _ = hold_out(examples, read_archs(exclude))
-    _, val = split_by_arch(examples, fraction, seed)
+    # The trainer's own loading: synthetic archs change each space's architecture set, hence the split.
+    _, val = split_by_arch(load_examples(data, synthetic, seed, exclude, progress=True)[0], fraction, seed)
     out: dict[str, set[str]] = defaultdict(set)
     for e in val:
         out[e.space].add(e.arch)

@@ -27,12 +27,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rlm_nas.core import Example
 from rlm_nas.data import ArchItem, DataError, format_report, group_by_arch, hold_out, load_dir, split_by_arch, synthetic_complexity
 
 STATE_FILE = "state.pt"
@@ -292,6 +294,37 @@ def read_archs(path: str) -> set[tuple[str, str]]:
                         f"with split.val_archs ({type(e).__name__}: {e})") from None
 
 
+def load_examples(data: list[str], synthetic_per_space: int = 0, seed: int = 0, exclude: str | None = None,
+                  exclude_metrics: Sequence[str] = (), progress: bool = False,
+                  log=lambda *a: None) -> tuple[list[Example], list[dict]]:
+    """Every example a run with these arguments trains and validates on, before its split, and the
+    loading report of its sources (the run's ``metrics.json`` keeps it as ``sources``).
+
+    The folders of ``data``; ``synthetic_per_space`` sampled architectures per space with exact
+    params/flops (``seed``); then the architectures of ``exclude`` and the metrics matching
+    ``exclude_metrics`` left out. Benchmarks call it to rebuild a run's validation split.
+    """
+    examples, report = [], []
+    for folder in data:
+        found, found_report = load_dir(folder, progress=progress)
+        examples += found
+        report += found_report
+    if synthetic_per_space:
+        syn = synthetic_complexity(per_space=synthetic_per_space, seed=seed, progress=progress)
+        examples += syn.examples
+        report.append(syn.summary())
+    log(format_report(report))
+    if exclude:  # e.g. the benchmarks' test split: neither trained on nor used for early stopping
+        examples, dropped = hold_out(examples, read_archs(exclude))
+        log(f"--exclude {exclude}: {len({(e.space, e.arch) for e in dropped})} architectures ({len(dropped)} labels) left out")
+    if exclude_metrics:  # the metric is unknown to the model, not just unlabelled
+        kept = [e for e in examples if not any(fnmatch.fnmatchcase(e.metric, pat) for pat in exclude_metrics)]
+        log(f"--exclude-metrics: {sorted({e.metric for e in examples} - {e.metric for e in kept})} "
+            f"({len(examples) - len(kept)} labels) left out")
+        examples = kept
+    return examples, report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     dist = Dist()
@@ -331,24 +364,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     torch.manual_seed(args.seed)
 
     # --- data -----------------------------------------------------------------------------
-    examples, report = [], []
-    for folder in args.data:
-        found, found_report = load_dir(folder, progress=dist.main and not args.no_progress)
-        examples += found
-        report += found_report
-    if args.synthetic_per_space:
-        syn = synthetic_complexity(per_space=args.synthetic_per_space, seed=args.seed, progress=dist.main and not args.no_progress)
-        examples += syn.examples
-        report.append(syn.summary())
-    log(format_report(report))
-    if args.exclude:  # e.g. the benchmarks' test split: neither trained on nor used for early stopping
-        examples, dropped = hold_out(examples, read_archs(args.exclude))
-        log(f"--exclude {args.exclude}: {len({(e.space, e.arch) for e in dropped})} architectures ({len(dropped)} labels) left out")
-    if args.exclude_metrics:  # the metric is unknown to the model, not just unlabelled
-        kept = [e for e in examples if not any(fnmatch.fnmatchcase(e.metric, pat) for pat in args.exclude_metrics)]
-        log(f"--exclude-metrics: {sorted({e.metric for e in examples} - {e.metric for e in kept})} "
-            f"({len(examples) - len(kept)} labels) left out")
-        examples = kept
+    examples, report = load_examples(args.data, args.synthetic_per_space, args.seed, args.exclude, args.exclude_metrics,
+                             progress=dist.main and not args.no_progress, log=log)
     if state:
         held = {tuple(a) for a in state["val_archs"]}
         train_ex, val_ex = hold_out(examples, held)
