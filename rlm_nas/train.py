@@ -365,7 +365,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
 
     # --- data -----------------------------------------------------------------------------
     examples, report = load_examples(args.data, args.synthetic_per_space, args.seed, args.exclude, args.exclude_metrics,
-                             progress=dist.main and not args.no_progress, log=log)
+                                     progress=dist.main and not args.no_progress, log=log)
     if state:
         held = {tuple(a) for a in state["val_archs"]}
         train_ex, val_ex = hold_out(examples, held)
