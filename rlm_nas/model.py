@@ -37,7 +37,7 @@ from transformers.models.t5.modeling_t5 import T5Stack
 from rlm_nas.config import ModelConfig
 from rlm_nas.core import Prediction, check_metric
 from rlm_nas.tokenizers.number import VOCAB as NUMBER_VOCAB
-from rlm_nas.tokenizers.number import NumberTokenizer
+from rlm_nas.tokenizers.number import MINUS, NumberTokenizer
 from rlm_nas.tokenizers.text import PAD_ID, TextTokenizer
 
 FORMAT = "rlm-nas"
@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+DRAWS = ("quantiles", "random")  # see RLM.predict
 N_NUM = len(NUMBER_VOCAB)  # decoder ids 0..12 are number tokens; metric j has id N_NUM + j
 _NEG = torch.finfo(torch.float32).min  # additive mask value; finite, so fully masked rows give no NaN
 
@@ -361,12 +362,18 @@ class RLM:
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
+        draws: str = "quantiles",
     ) -> Prediction:
-        """Sample ``num_samples`` numbers per input and metric; see :class:`rlm_nas.core.Prediction`.
+        """Draw ``num_samples`` numbers per input and metric; see :class:`rlm_nas.core.Prediction`.
 
         ``inputs``: genotypes, native strings, ``onnx.ModelProto`` s or canonical texts of ``space``;
-        or, with ``space=None``, full model inputs ``"{space}\\n\\n{text}"``. ``temperature=0`` is
-        greedy (then all samples are equal). The same ``seed`` and arguments give the same output.
+        or, with ``space=None``, full model inputs ``"{space}\\n\\n{text}"``.
+
+        ``draws="quantiles"`` (default) returns the model's quantiles at levels ``(i + 0.5) / k``:
+        a stratified sample, deterministic, whose median is the median of the model's distribution
+        for odd ``k`` (so ``num_samples=1`` gives it in one decoder pass). ``draws="random"`` is
+        ancestral sampling, reproducible with ``seed``. ``temperature=0`` is greedy (then all draws
+        are equal).
         """
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         self._metric_ids(metrics)
@@ -377,6 +384,8 @@ class RLM:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if draws not in DRAWS:
+            raise ValueError(f"draws must be one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         texts, spaces = self._model_inputs(inputs, space)
@@ -396,7 +405,7 @@ class RLM:
             with torch.inference_mode(), tqdm(total=len(texts), disable=not progress, unit="arch") as bar:
                 for b in range(0, len(texts), batch_size):
                     idx = order[b : b + batch_size]
-                    tokens = self._sample(self._pad([ids[i] for i in idx]), metric_ids, num_samples, temperature, gen)
+                    tokens = self._decode(self._pad([ids[i] for i in idx]), metric_ids, num_samples, temperature, draws, gen)
                     values = self.number_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).cpu().numpy())
                     raw[idx] = values.reshape(len(idx), len(decoded), num_samples)
                     bar.update(len(idx))
@@ -414,17 +423,29 @@ class RLM:
             samples[:, j] = np.sign(x[max(weights, key=weights.get)]) * np.exp(log)
         return Prediction(tuple(metrics), samples, extrapolated)
 
-    def _sample(self, batch, metric_ids: list[int], k: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
-        """Grammar-constrained ancestral sampling: ``(N, M * k, L)`` number-token ids."""
+    def _decode(self, batch, metric_ids: list[int], k: int, temperature: float, draws: str, gen: torch.Generator) -> torch.Tensor:
+        """Grammar-constrained decoding by inverse CDF: ``(N, M * k, L)`` number-token ids.
+
+        Each number is read off one level ``u`` in [0, 1): at every position the allowed tokens are
+        put in the order of the values they lead to (``NumberTokenizer.value_order``), the token
+        whose slice of the cumulative probability holds ``u`` is taken, and ``u`` is rescaled to
+        within that slice. A uniformly random ``u`` is exactly ancestral sampling; a fixed ``u``
+        gives the value at that quantile of the model's distribution.
+        """
         memory = self.module.encode(*batch)
         n, m = batch[0].shape[0], len(metric_ids)
-        # Step 0 reads only the metric token, identical for the k samples: run it once per metric
+        # Step 0 reads only the metric token, identical for the k draws: run it once per metric
         # and then repeat its cache k times.
         tok = torch.tensor(metric_ids, device=self.device).expand(n, m)[..., None]
         logits, cache = self.module.decode(tok, memory, start=0)
         logits = logits.repeat_interleave(k, dim=1)
         cache = [tuple(c.view(n, m, *c.shape[1:]).repeat_interleave(k, 1).flatten(0, 1) for c in kv) for kv in cache]
-        out = []
+        if draws == "random":
+            u = torch.rand(n, m * k, generator=gen, dtype=torch.float64, device=self.device)
+        else:
+            u = ((torch.arange(k, dtype=torch.float64, device=self.device) + 0.5) / k).repeat(m).expand(n, m * k)
+        nt = self.number_tokenizer
+        out, negative, negative_exponent = [], torch.zeros(n, m * k, dtype=torch.bool, device=self.device), None
         for step in range(self.module.number_length):
             if step:
                 logits, cache = self.module.decode(tok, memory, start=step, cache=cache)
@@ -432,8 +453,22 @@ class RLM:
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
-                probs = torch.softmax(logits.float() / temperature, -1).view(-1, N_NUM)
-                nxt = torch.multinomial(probs, 1, generator=gen).view(n, m * k)
+                probs = torch.softmax(logits.double() / temperature, -1)
+                ascending = nt.value_order(step)
+                orders = torch.tensor([ascending, ascending[::-1]], device=self.device)
+                order = orders[nt.order_reversed(step, negative, negative_exponent).long()]
+                cum = probs.gather(-1, order).cumsum(-1)
+                # The first token whose cumulative probability exceeds u (the last one if rounding
+                # leaves the total a hair under u).
+                j = (cum <= u[..., None]).sum(-1, keepdim=True).clamp(max=order.shape[-1] - 1)
+                nxt = order.gather(-1, j)[..., 0]
+                hi = cum.gather(-1, j)[..., 0]
+                lo = torch.where(j[..., 0] > 0, cum.gather(-1, (j - 1).clamp(min=0))[..., 0], 0.0)
+                u = ((u - lo) / (hi - lo).clamp(min=1e-300)).clamp(0.0, 1.0 - 1e-12)
+            if step == 0:
+                negative = nxt == MINUS
+            elif step == 1:
+                negative_exponent = nxt == MINUS
             out.append(nxt)
             tok = nxt[..., None]
         return torch.stack(out, -1)

@@ -6,6 +6,7 @@ a minute on a shared 2-core CPU.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -17,6 +18,7 @@ from scipy.stats import spearmanr
 from rlm_nas.config import make_config
 from rlm_nas.model import N_NUM, RLM, CheckpointError
 from rlm_nas.tokenizers import TextTokenizer
+from rlm_nas.tokenizers.number import MINUS
 
 METRICS = ["accuracy:synth", "latency:synth"]
 # Op lines and their contribution to the synthetic "accuracy"; latency counts convolutions.
@@ -88,13 +90,60 @@ def test_untrained_samples_are_all_valid_numbers(rlm, data):
     assert len(np.unique(pred.samples)) > 100  # sampling, not a constant
 
 
-def test_sampling_is_seeded(rlm, data):
+def test_random_draws_are_seeded_and_quantile_draws_deterministic(rlm, data):
     texts = list(data)[:5]
-    a = rlm.predict(texts, METRICS, seed=3).samples
-    assert np.array_equal(a, rlm.predict(texts, METRICS, seed=3).samples)
-    assert not np.array_equal(a, rlm.predict(texts, METRICS, seed=4).samples)
+    a = rlm.predict(texts, METRICS, seed=3, draws="random").samples
+    assert np.array_equal(a, rlm.predict(texts, METRICS, seed=3, draws="random").samples)
+    assert not np.array_equal(a, rlm.predict(texts, METRICS, seed=4, draws="random").samples)
+    q = rlm.predict(texts, METRICS, seed=3).samples
+    assert np.array_equal(q, rlm.predict(texts, METRICS, seed=4).samples)
+    assert (np.diff(q, axis=-1) >= 0).all()  # increasing levels give increasing quantiles
     greedy = rlm.predict(texts, METRICS, temperature=0, num_samples=3).samples
     assert (greedy == greedy[..., :1]).all()
+
+
+def _exact_distribution(rlm, text, metric):
+    """Every number string of ``rlm``'s grammar with its probability, in the order of the
+    inverse-CDF walk (``NumberTokenizer.value_order``, reversed where ``order_reversed`` says)."""
+    nt = rlm.number_tokenizer
+    strings = [list(s) for s in itertools.product(*(nt.allowed_tokens(p) for p in range(nt.length)))]
+
+    def walk_rank(s):
+        rank = []
+        for p, t in enumerate(s):
+            order = nt.value_order(p)
+            r = order.index(t)
+            rank.append(len(order) - 1 - r if nt.order_reversed(p, s[0] == MINUS, s[1] == MINUS) else r)
+        return rank
+
+    strings.sort(key=walk_rank)
+    dec = torch.tensor([[rlm._metric_ids([metric])[0]] + s[:-1] for s in strings])[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(rlm.module.eval()(*rlm._pad(rlm._tokenize([text])), dec)[0].double(), -1)
+    prob = logp.gather(-1, torch.tensor(strings)[..., None])[..., 0].sum(-1).exp().numpy()
+    return nt.decode_batch(strings), prob
+
+
+def test_quantile_draws_are_the_exact_quantiles_and_random_draws_the_distribution(tok, data):
+    """Brute force over all 400 number strings of a 1-mantissa-digit layout: quantile draws are the
+    strings whose cumulative-probability slice holds (i + 0.5) / k; random draws follow the
+    distribution (Kolmogorov-Smirnov distance)."""
+    rlm = RLM.create(make_config("tiny", mantissa_digits=1), tok, METRICS, seed=0)
+    rlm.register_pairs([("synth", m) for m in METRICS])
+    text = list(data)[0]
+    for metric in METRICS:
+        values, prob = _exact_distribution(rlm, text, metric)
+        assert prob.sum() == pytest.approx(1.0, abs=1e-9)
+        cum = np.cumsum(prob)
+        k = 7
+        expected = values[np.searchsorted(cum, (np.arange(k) + 0.5) / k, side="right")]
+        got = rlm.predict([text], metric, num_samples=k).samples[0, 0]
+        np.testing.assert_array_equal(got, expected)
+        draws = rlm.predict([text], metric, num_samples=4000, draws="random", seed=0).samples[0, 0]
+        grid = np.unique(values)
+        exact_cdf = np.array([prob[values <= v].sum() for v in grid])
+        empirical_cdf = np.searchsorted(np.sort(draws), grid, side="right") / len(draws)
+        assert np.abs(exact_cdf - empirical_cdf).max() < 0.03  # KS 99% bound for n=4000 is 0.026
 
 
 def test_predict_reuses_one_encoder_pass_per_batch(rlm, data, monkeypatch):
@@ -230,6 +279,8 @@ def test_unknown_metric_and_space(rlm, data):
         rlm.predict(texts, METRICS, num_samples=0)
     with pytest.raises(ValueError, match="temperature"):
         rlm.predict(texts, METRICS, temperature=-1)
+    with pytest.raises(ValueError, match="draws must be one of 'quantiles', 'random', got 'sobol'"):
+        rlm.predict(texts, METRICS, draws="sobol")
 
 
 def test_extrapolated_flags_pairs_without_training_data(rlm, data):

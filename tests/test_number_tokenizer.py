@@ -106,3 +106,29 @@ def test_decode_rejects_ungrammatical_tokens():
         TOK.decode(ok[:-1])
     with pytest.raises(ValueError, match="id 99"):
         TOK.decode(ok[:-1] + [99])
+
+
+def test_value_order_walks_encoded_numbers_in_increasing_value():
+    """Depth-first over the tree in ``value_order`` (reversed where ``order_reversed`` says) lists
+    every number ``encode`` writes for a non-zero value in increasing order: what lets decoding by
+    inverse CDF turn a level into a quantile."""
+    tok = NumberTokenizer(exponent_digits=1, mantissa_digits=2)
+
+    def walk(prefix):
+        if len(prefix) == tok.length:
+            yield prefix
+            return
+        p = len(prefix)
+        negative = prefix[0] == MINUS if p > 0 else False
+        negative_exponent = prefix[1] == MINUS if p > 1 else False
+        order = tok.value_order(p)
+        for t in order[::-1] if tok.order_reversed(p, negative, negative_exponent) else order:
+            yield from walk(prefix + [t])
+
+    strings = [s for s in walk([]) if s[3] != DIGIT0 and not (s[1] == MINUS and s[2] == DIGIT0)]
+    assert len(strings) == 2 * 19 * 90  # signs x exponents -9..9 x normalized mantissas
+    values = tok.decode_batch(strings)
+    assert (np.diff(values) > 0).all()
+    assert sorted(set(map(tuple, strings))) == sorted(tuple(tok.encode(v)) for v in values)
+    with pytest.raises(ValueError, match="position"):
+        tok.order_reversed(tok.length, False, False)

@@ -76,6 +76,33 @@ class NumberTokenizer:
             return [PLUS, MINUS]
         return list(range(DIGIT0, DIGIT0 + 10))
 
+    def value_order(self, position: int) -> list[int]:
+        """The allowed ids at ``position`` in the order of the values they lead to, for a number whose
+        sign and exponent sign are ``+`` (:meth:`order_reversed` says when the order runs backwards).
+
+        Decoding by inverse CDF walks the tokens in this order, so a quantile level picks a value.
+        """
+        return [MINUS, PLUS] if position < 2 else self.allowed_tokens(position)
+
+    def order_reversed(self, position: int, negative, negative_exponent):
+        """Whether :meth:`value_order` runs backwards at ``position`` given the number's sign and its
+        exponent's sign, elementwise (bools, or bool arrays/tensors).
+
+        A minus sign reverses every later position (a larger magnitude is a smaller value); a minus
+        exponent also reverses the exponent digits (a larger digit is a smaller magnitude). Walking
+        the tree this way visits the strings ``encode`` writes for non-zero values (leading mantissa
+        digit 1-9, exponent 0 as ``+0``) in increasing value. Zero and the strings ``encode`` never
+        writes (exponent ``-0``, another exponent with a leading 0) sit where the tree puts them:
+        harmless while the model gives them almost no probability, which training teaches it.
+        """
+        if not 0 <= position < self.length:
+            raise ValueError(f"number token position must be in 0..{self.length - 1}, got {position}")
+        if position == 0:
+            return negative & False
+        if 2 <= position < 2 + self.exponent_digits:
+            return negative ^ negative_exponent
+        return negative
+
     @property
     def grammar(self) -> np.ndarray:
         """Boolean mask ``(length, 13)``: ``grammar[p, t]`` is True iff token ``t`` may follow at ``p``."""
