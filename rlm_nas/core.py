@@ -40,9 +40,10 @@ class Example:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Samples of the RLM for ``n`` inputs and ``m`` metrics, with the usual aggregates.
+    """Draws of the RLM for ``n`` inputs and ``m`` metrics, with the usual aggregates.
 
-    ``samples`` has shape ``(n, m, k)``. Aggregates have shape ``(n, m)``; :meth:`column` picks
+    ``samples`` has shape ``(n, m, k)``: the model's quantiles at levels ``(i + 0.5) / k`` or random
+    samples (``RLM.predict(draws=...)``). Aggregates have shape ``(n, m)``; :meth:`column` picks
     one metric. ``extrapolated[j]`` is True when the model had no training data for the
     (space, ``metrics[j]``) pair: the numbers are then a guess, not an estimate.
     """

@@ -3,7 +3,7 @@
 CLI::
 
     python -m rlm_nas.predict --space nb201 --metric latency:pixel3 --input archs.txt --output pred.csv \\
-        [--checkpoint PATH|default] [--samples 8] [--seed 0] [--batch-size 64] [--skip-invalid]
+        [--checkpoint PATH|default] [--samples 8] [--draws quantiles|random] [--seed 0] [--batch-size 64] [--skip-invalid]
 
 Input: one architecture per line in the space's native string: an NB201 arch string
 (``|nor_conv_3x3~0|+|...|``), 22 comma-separated FBNet block names, NASLib's
@@ -12,8 +12,9 @@ for the NDS spaces (``nasnet amoeba pnas enas darts``). Surrounding whitespace i
 blank lines are ignored (they get no output row, but line numbers in messages count them).
 
 Output: CSV with columns ``arch,median,mean,p10,p90,extrapolated``, one row per input line in
-input order; ``arch`` is the line as given. Values are aggregates of ``--samples`` samples of
-the RLM. ``extrapolated`` is ``true`` when the checkpoint had no training data for (space,
+input order; ``arch`` is the line as given. Values are aggregates of ``--samples`` draws from
+the RLM: by default its quantiles at levels (i + 0.5) / k (deterministic; the median column is
+the median of the model's distribution), or with ``--draws random`` ancestral samples. ``extrapolated`` is ``true`` when the checkpoint had no training data for (space,
 metric): the numbers are then a guess. ``--metric`` takes one metric, or several
 comma-separated (or the flag repeated); with several, a ``metric`` column follows ``arch`` and
 each line gets one row per metric, in the order given.
@@ -71,7 +72,7 @@ def read_archs(path: str | Path, space: str) -> list[Line]:
 
 
 def predict_lines(rlm, space: str, lines: Sequence[Line], metrics: Sequence[str], samples: int = 8, seed: int = 0,
-                  batch_size: int = 64, progress: bool = True) -> list[dict]:
+                  batch_size: int = 64, progress: bool = True, draws: str = "quantiles") -> list[dict]:
     """Output rows (dicts with ``arch``, ``metric`` and :data:`COLUMNS`, ``extrapolated``) for
     ``lines`` x ``metrics``, in that order; invalid lines get empty values."""
     from tqdm.auto import tqdm
@@ -80,7 +81,8 @@ def predict_lines(rlm, space: str, lines: Sequence[Line], metrics: Sequence[str]
 
     valid = [ln for ln in lines if ln.error is None]
     texts = [model_input(space, ln.arch) for ln in tqdm(valid, desc="ONNX text", unit="arch", disable=not progress, leave=False)]
-    pred = rlm.predict(texts, list(metrics), num_samples=samples, seed=seed, batch_size=batch_size, progress=progress)
+    pred = rlm.predict(texts, list(metrics), num_samples=samples, seed=seed, batch_size=batch_size, progress=progress,
+                       draws=draws)
     stats = {c: getattr(pred, c) for c in COLUMNS}  # (n_valid, n_metrics) each
     rows, i = [], 0
     for ln in lines:
@@ -121,7 +123,10 @@ def parser() -> argparse.ArgumentParser:
                    help="samples per architecture and metric; their median is the prediction. More rank better at a "
                         "higher decoding cost: 64 beat 8 on 19 of 20 validation tasks, by +0.02 Spearman on average "
                         "(benchmarks/results/sample_count.md) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--draws", choices=("quantiles", "random"), default="quantiles",
+                   help="'quantiles': the model's quantiles at levels (i + 0.5) / k, deterministic; 'random': "
+                        "ancestral samples, reproducible with --seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed for --draws random (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="architectures per model batch (default: %(default)s)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="write invalid lines with empty values (and warn) instead of stopping")
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         print(f"warning: checkpoint {a.checkpoint} had no {a.space} training data for {', '.join(extra)}: "
               "those predictions are extrapolated (a guess), flagged in column 'extrapolated'", file=sys.stderr)
-    rows = predict_lines(rlm, a.space, lines, metrics, a.samples, a.seed, a.batch_size, progress=not a.no_progress)
+    rows = predict_lines(rlm, a.space, lines, metrics, a.samples, a.seed, a.batch_size, progress=not a.no_progress,
+                         draws=a.draws)
     write_csv(a.output, rows, with_metric=len(metrics) > 1)
     print(f"wrote {len(rows)} rows ({len(lines) - len(bad)} architectures x {len(metrics)} metric(s)"
           f"{f', {len(bad)} invalid line(s) left empty' if bad else ''}) to {a.output}", file=sys.stderr)

@@ -119,9 +119,9 @@ def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0) ->
     for space in sorted({it.space for it in items}):
         group = [it for it in items if it.space == space]
         metrics = sorted({m for it in group for m in it.metrics})
-        # One greedy decode is the cheapest ranking signal; with more samples, their median.
-        pred = rlm.predict([it.arch for it in group], metrics, space=space, num_samples=num_samples,
-                           temperature=0.0 if num_samples == 1 else 1.0, seed=seed).median
+        # Quantile draws: with one, the median of the model's distribution in one decoder pass
+        # (as cheap as greedy decoding, and it ranks better: benchmarks/results/sample_count.md).
+        pred = rlm.predict([it.arch for it in group], metrics, space=space, num_samples=num_samples, seed=seed).median
         for j, metric in enumerate(metrics):
             have = [(i, it.values[it.metrics.index(metric)]) for i, it in enumerate(group) if metric in it.metrics]
             y = np.array([v for _, v in have])
@@ -274,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch, at most 500)")
     p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
-    p.add_argument("--eval-samples", type=int, default=1, help="decoder samples per prediction when scoring")
+    p.add_argument("--eval-samples", type=int, default=1, help="quantile draws per prediction when scoring (1: the model's median)")
     p.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping early")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between OUT/last checkpoints")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPUs and AMX CPUs, where it is faster")

@@ -46,8 +46,10 @@ def test_round_trip_rows_order_columns_and_extrapolated_flag(tiny_checkpoint, tm
     for r in rows:
         assert float(r["p10"]) <= float(r["median"]) <= float(r["p90"])
         assert r["extrapolated"] == "false"
-    again = run(tmp_path, ckpt, ARCHS)[1]
-    assert again == rows  # same seed, same numbers
+    assert run(tmp_path, ckpt, ARCHS, "--seed", "5")[1] == rows  # quantile draws: the seed plays no part
+    random_draws = run(tmp_path, ckpt, ARCHS, "--draws", "random", "--seed", "5")[1]
+    assert random_draws == run(tmp_path, ckpt, ARCHS, "--draws", "random", "--seed", "5")[1]  # same seed, same numbers
+    assert random_draws != rows
 
     rc, rows = run(tmp_path, ckpt, ARCHS, metric="latency:pixel3,params")
     assert rc == 0

@@ -40,7 +40,8 @@ class RLMSampler(BaseSampler):
     sampler draws ``pool_size`` new candidates (random architectures plus one-edit mutations of
     the best completed ones), predicts every ``objectives`` and ``constraints`` metric for them,
     and, among all candidates scored so far that the study does not have yet (in any state but
-    failed), returns the best under ``acquisition``: ``"thompson"`` (one RLM sample per candidate), ``"ucb"`` (p90 of a maximized
+    failed), returns the best under ``acquisition``: ``"thompson"`` (one of a candidate's RLM
+    quantile draws, picked at random: a draw from the model), ``"ucb"`` (p90 of a maximized
     metric, p10 of a minimized one) or ``"mean"`` (median). Directions come from the study;
     with several objectives the pick is drawn from the predicted Pareto front.
 
@@ -83,7 +84,8 @@ class RLMSampler(BaseSampler):
         pool_size: new candidates scored per trial (half mutations once trials complete); the pick
             is made among every candidate scored so far and not yet evaluated.
         acquisition: one of ``"thompson"``, ``"ucb"``, ``"mean"``.
-        num_samples: RLM samples per candidate (for the median and p10/p90).
+        num_samples: RLM draws per candidate, the model's quantiles at levels (i + 0.5) / k (for the
+            median, p10/p90 and Thompson draws).
         online_finetune, finetune_every, finetune_seconds: see above.
         seed: makes proposals reproducible; each trial's draws depend on (seed, trial number).
         independent_sampler: for parameters outside the space.
