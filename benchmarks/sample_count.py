@@ -13,8 +13,10 @@ with exact params/flops (seed ``--split-seed``), the test split left out, then
 (``--holdout`` of the first stage's metrics.json). Rebuilt this way, the set equals the 2,379
 architectures the first stage's metrics.json recorded (checked on 2026-11-25).
 
-For each benchmarked task, Spearman of the median and of the mean of the first k of 64 samples,
-k in ``--counts``, and of greedy decoding (temperature 0, the most likely digit at each step).
+For each benchmarked task, Spearman of the median and of the mean of the first k of 64 random
+samples, k in ``--counts``; of the median of k quantile draws (``draws="quantiles"``: the model's
+quantiles at levels (i + 0.5) / k, so k = 1 is the median of its distribution); and of greedy
+decoding (temperature 0, the most likely digit at each step).
 Writes a markdown report (``--out``) and JSON beside it.
 """
 
@@ -80,12 +82,14 @@ def main(argv=None) -> int:
     labels = load_labels(Path(args.data[0]), TASKS)
     rlm = RLM.from_pretrained(args.checkpoint)
     k_max = max(args.counts)
+    q_counts = sorted({1, *args.counts})
     rows = []
     for space in dict.fromkeys(s for s, _ in TASKS):
         metrics = [m for s, m in TASKS if s == space]
         archs = val.get(space, [])
         texts = [model_input(space, a) for a in archs]
-        samples = rlm.predict(texts, metrics, num_samples=k_max, seed=args.seed, progress=True).samples
+        samples = rlm.predict(texts, metrics, num_samples=k_max, seed=args.seed, draws="random", progress=True).samples
+        quantiles = {k: rlm.predict(texts, metrics, num_samples=k).median for k in q_counts}
         greedy = rlm.predict(texts, metrics, num_samples=1, temperature=0.0).samples[..., 0]  # digit by digit argmax
         for j, metric in enumerate(metrics):
             lab = labels[(space, metric)]
@@ -96,15 +100,18 @@ def main(argv=None) -> int:
                 s = samples[idx, j, :k]
                 row[f"median@{k}"] = float(spearmanr(y, np.median(s, axis=-1))[0])
                 row[f"mean@{k}"] = float(spearmanr(y, s.mean(axis=-1))[0])
+            for k in q_counts:
+                row[f"quantiles@{k}"] = float(spearmanr(y, quantiles[k][idx, j])[0])
             rows.append(row)
 
-    cols = [f"{agg}@{k}" for agg in ("median", "mean") for k in args.counts] + ["greedy"]
+    cols = [f"{agg}@{k}" for agg in ("median", "mean") for k in args.counts] + [f"quantiles@{k}" for k in q_counts] + ["greedy"]
     command = "python benchmarks/sample_count.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = ["# Samples per prediction, on the checkpoint's validation architectures\n",
           f"Command: `{command.strip()}`  ",
           f"Checkpoint {args.checkpoint}; validation archs: "
           + ", ".join(f"{s} {len(a)}" for s, a in sorted(val.items()) if s in {t[0] for t in TASKS})
-          + f"; wall {time.monotonic() - t0:.0f} s. Cells: Spearman with the label.\n",
+          + f"; wall {time.monotonic() - t0:.0f} s. Cells: Spearman with the label; "
+          "`median@k`, `mean@k`: of the first k of 64 random samples; `quantiles@k`: the median of k quantile draws.\n",
           "| task | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     md += [f"| {r['space']} {r['metric']} | {r['n']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows]
     base = f"median@{min(args.counts)}"
@@ -113,9 +120,10 @@ def main(argv=None) -> int:
         better = sum(r[f"median@{k}"] > r[base] for r in rows)
         gain = np.mean([r[f"median@{k}"] - r[base] for r in rows])
         md.append(f"- median@{k} vs {base}: higher on {better}/{len(rows)} tasks, mean change {gain:+.3f}.")
-    for col in ("greedy", f"mean@{k_max}"):
+    for col in ("greedy", f"mean@{k_max}", *(f"quantiles@{k}" for k in q_counts)):
         better = sum(r[col] > r[f"median@{k_max}"] for r in rows)
-        md.append(f"- {col} vs median@{k_max}: higher on {better}/{len(rows)} tasks, "
+        worse = sum(r[col] < r[f"median@{k_max}"] for r in rows)
+        md.append(f"- {col} vs median@{k_max}: higher on {better}/{len(rows)} tasks, lower on {worse}, "
                   f"mean change {np.mean([r[col] - r[f'median@{k_max}'] for r in rows]):+.3f}.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,9 +120,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="text file, one native architecture string per line")
     p.add_argument("--output", required=True, help="CSV file to write")
     p.add_argument("--samples", type=int, default=8,
-                   help="samples per architecture and metric; their median is the prediction. More rank better at a "
-                        "higher decoding cost: 64 beat 8 on 19 of 20 validation tasks, by +0.02 Spearman on average "
-                        "(benchmarks/results/sample_count.md) (default: %(default)s)")
+                   help="draws per architecture and metric; their median is the prediction, p10/p90 their spread. "
+                        "With quantile draws the median is the model's already at 8 (random samples need more: "
+                        "benchmarks/results/sample_count.md) (default: %(default)s)")
     p.add_argument("--draws", choices=("quantiles", "random"), default="quantiles",
                    help="'quantiles': the model's quantiles at levels (i + 0.5) / k, deterministic; 'random': "
                         "ancestral samples, reproducible with --seed (default: %(default)s)")
