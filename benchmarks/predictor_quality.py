@@ -235,7 +235,7 @@ def report(rows: list[dict], args, meta: dict) -> tuple[str, dict]:
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from rlm_nas.model import DRAWS
+    from rlm_nas.core import DRAWS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="shared data folder (default: %(default)s)")

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: How ``RLM.predict`` draws its numbers: the model's quantiles at levels (i + 0.5) / k, or
+#: ancestral samples. The first is the default.
+DRAWS = ("quantiles", "random")
+
 #: Metric names: ``accuracy:<dataset>``, ``latency:<device>``, ``params``, ``flops``.
 METRIC_RE = re.compile(r"^(params|flops|(accuracy|latency):[a-z0-9][a-z0-9_.\-]*)$")
 

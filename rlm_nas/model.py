@@ -35,7 +35,7 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 from rlm_nas.config import ModelConfig
-from rlm_nas.core import Prediction, check_metric
+from rlm_nas.core import DRAWS, Prediction, check_metric
 from rlm_nas.tokenizers.number import VOCAB as NUMBER_VOCAB
 from rlm_nas.tokenizers.number import MINUS, NumberTokenizer
 from rlm_nas.tokenizers.text import PAD_ID, TextTokenizer
@@ -45,7 +45,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
-DRAWS = ("quantiles", "random")  # see RLM.predict
 N_NUM = len(NUMBER_VOCAB)  # decoder ids 0..12 are number tokens; metric j has id N_NUM + j
 _NEG = torch.finfo(torch.float32).min  # additive mask value; finite, so fully masked rows give no NaN
 

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlm_nas.core import DRAWS
+
 COLUMNS = ("median", "mean", "p10", "p90")
 
 
@@ -72,7 +74,7 @@ def read_archs(path: str | Path, space: str) -> list[Line]:
 
 
 def predict_lines(rlm, space: str, lines: Sequence[Line], metrics: Sequence[str], samples: int = 8, seed: int = 0,
-                  batch_size: int = 64, progress: bool = True, draws: str = "quantiles") -> list[dict]:
+                  batch_size: int = 64, progress: bool = True, draws: str = DRAWS[0]) -> list[dict]:
     """Output rows (dicts with ``arch``, ``metric`` and :data:`COLUMNS`, ``extrapolated``) for
     ``lines`` x ``metrics``, in that order; invalid lines get empty values."""
     from tqdm.auto import tqdm
@@ -123,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
                    help="draws per architecture and metric; their median is the prediction, p10/p90 their spread. "
                         "With quantile draws the median is the model's already at 8 (random samples need more: "
                         "benchmarks/results/sample_count.md) (default: %(default)s)")
-    p.add_argument("--draws", choices=("quantiles", "random"), default="quantiles",
+    p.add_argument("--draws", choices=DRAWS, default=DRAWS[0],
                    help="'quantiles': the model's quantiles at levels (i + 0.5) / k, deterministic; 'random': "
                         "ancestral samples, reproducible with --seed (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --draws random (default: %(default)s)")
