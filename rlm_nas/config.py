@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 
+#: Encoder stacks: ``transformers``' ModernBertModel, or its T5Stack (checkpoints before 2026-11-30).
+ENCODERS = ("modernbert", "t5")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of the encoder-decoder RLM. Every field is checked on construction.
@@ -13,6 +17,12 @@ class ModelConfig:
     The decoder only writes ~7 tokens, so it stays shallow; the encoder carries the capacity.
     """
 
+    #: The encoder stack (see ``ENCODERS``). ``modernbert`` (rotary positions) can point at "the
+    #: value 5 lines up", which the canonical text's relative references need; T5's relative
+    #: position bias is the same for every query, so it cannot. It is also faster on a CPU: a
+    #: forward and backward pass of 16 x 300 tokens at the ``small`` sizes took 0.46 s against
+    #: T5's 1.44 s (one thread, float32).
+    encoder: str = "modernbert"
     d_model: int = 128
     encoder_layers: int = 3
     decoder_layers: int = 2
@@ -25,14 +35,17 @@ class ModelConfig:
     text_vocab_size: int = 4096
     exponent_digits: int = 1
     mantissa_digits: int = 4
-    #: T5 relative-position buckets (bidirectional in the encoder, causal in the decoder).
+    #: T5 relative-position buckets (the decoder's; and the encoder's when it is ``t5``).
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "dropout":
+            if f.name == "encoder":
+                if v not in ENCODERS:
+                    raise ValueError(f"ModelConfig.encoder must be one of {', '.join(ENCODERS)}, got {v!r}")
+            elif f.name == "dropout":
                 if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                     raise ValueError(f"ModelConfig.dropout must be a float in [0, 1), got {v!r}")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -1,12 +1,13 @@
-"""The regression language model: a T5 encoder over ONNX text, a small T5 decoder writing numbers.
+"""The regression language model: an encoder over ONNX text, a small T5 decoder writing numbers.
 
 Decoder vocabulary = the 13 number tokens + one token per metric. A decoder sequence is
 ``[<metric>, n0, ..., n(L-2)]`` predicting ``[n0, ..., n(L-1)]`` (L = number length), so one
 encoder pass serves every metric (and every sample) of an architecture.
 
-Both stacks are ``transformers`` ``T5Stack`` modules (weights, norms, feed-forward, relative
-position buckets). The encoder runs T5's own forward. The decoder's forward is written here
-(:meth:`RLMModule.decode`) for one reason: cross-attention folds all rows (metrics x samples) of
+Both stacks are ``transformers`` modules: the encoder a ``ModernBertModel`` (rotary positions; see
+``ModelConfig.encoder``) or, in checkpoints before 2026-11-30, a ``T5Stack``, run by their own
+forward; the decoder a ``T5Stack`` (weights, norms, feed-forward, relative position buckets)
+whose forward is written here (:meth:`RLMModule.decode`) for one reason: cross-attention folds all rows (metrics x samples) of
 an architecture into the query axis, ``(N, rows * t, d)`` against ``(N, L_enc, d)``, so encoder
 states and their keys/values are computed once per architecture and never copied per row. Copying
 them per row would cost more than the encoder itself at 25 metrics x 8 samples. Self-attention
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import T5Config
+from transformers import ModernBertConfig, ModernBertModel, T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 from rlm_nas.config import ModelConfig
@@ -67,13 +68,37 @@ def _t5_config(cfg: ModelConfig, vocab_size: int, decoder: bool) -> T5Config:
     )
 
 
+def _encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """The encoder stack ``cfg.encoder`` names; either is called as ``(input_ids, attention_mask)``."""
+    if cfg.encoder == "t5":
+        return T5Stack(_t5_config(cfg, vocab_size, decoder=False))
+    return ModernBertModel(ModernBertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_input_tokens,
+        # Every layer attends globally: texts are short (<= ~500 tokens) and references span cells.
+        layer_types=["full_attention"] * cfg.encoder_layers,
+        # The usual 10,000: ModernBERT's 160,000 is for 8K-token contexts.
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        embedding_dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        mlp_dropout=cfg.dropout,
+        pad_token_id=PAD_ID,
+        bos_token_id=None, eos_token_id=None, cls_token_id=None, sep_token_id=None,
+        attn_implementation="sdpa",
+    ))
+
+
 class RLMModule(nn.Module):
     """The torch module (what optimizers and DDP see). :class:`RLM` is the user-facing wrapper."""
 
     def __init__(self, cfg: ModelConfig, text_vocab_size: int, num_metrics: int):
         super().__init__()
         self.cfg = cfg
-        self.encoder = T5Stack(_t5_config(cfg, text_vocab_size, decoder=False))
+        self.encoder = _encoder(cfg, text_vocab_size)
         # Only the decoder stack's modules are used (its forward is replaced by `decode`).
         self.decoder = T5Stack(_t5_config(cfg, N_NUM + num_metrics, decoder=True))
         self.head = nn.Linear(cfg.d_model, N_NUM, bias=False)
@@ -524,7 +549,8 @@ class RLM:
                 raise CheckpointError(
                     f"{cfg_file}: format_version {meta.get('format_version')!r} is not supported by this rlm_nas (reads version {FORMAT_VERSION})"
                 )
-            config = ModelConfig(**meta["model_config"])
+            # Checkpoints written before the encoder was a choice have T5 encoders.
+            config = ModelConfig(**{"encoder": "t5", **meta["model_config"]})
             metrics = _check_new_metrics([], meta["metrics"])
             pairs = [tuple(p) for p in meta["known_pairs"]]
             calibration = {str(m): (a, b) for m, (a, b) in meta.get("calibration", {}).items()}

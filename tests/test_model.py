@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from rlm_nas.config import make_config
+from rlm_nas.config import ENCODERS, make_config
 from rlm_nas.model import N_NUM, RLM, CheckpointError
 from rlm_nas.tokenizers import TextTokenizer
 from rlm_nas.tokenizers.number import MINUS
@@ -155,11 +155,12 @@ def test_predict_reuses_one_encoder_pass_per_batch(rlm, data, monkeypatch):
 
 
 # --- learning -----------------------------------------------------------------------------------
-def test_tiny_model_learns_a_synthetic_ranking(tok, data):
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_tiny_model_learns_a_synthetic_ranking(tok, data, encoder):
     """A few hundred AdamW steps: Spearman > 0.9 on held-out texts, for both metrics."""
     texts = list(data)
     train, test = texts[:700], texts[700:]
-    rlm = RLM.create(make_config("tiny"), tok, METRICS, seed=0)
+    rlm = RLM.create(make_config("tiny", encoder=encoder), tok, METRICS, seed=0)
     rlm.register_pairs([("synth", m) for m in METRICS])
     steps = 600
     opt = torch.optim.AdamW(rlm.module.parameters(), lr=3e-3)
@@ -190,6 +191,20 @@ def test_save_load_round_trip(rlm, data, tmp_path):
     assert loaded.config == rlm.config
     a, b = rlm.predict(texts, METRICS, seed=7), loaded.predict(texts, METRICS, seed=7)
     assert np.array_equal(a.samples, b.samples)
+
+
+def test_configs_without_an_encoder_field_load_as_t5(tok, data, tmp_path):
+    """Checkpoints written before the encoder was a choice (the T5 default of 2026-11-25) still load."""
+    rlm = RLM.create(make_config("tiny", encoder="t5"), tok, METRICS, seed=0)
+    rlm.register_pairs([("synth", m) for m in METRICS])
+    rlm.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["model_config"]["encoder"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = RLM.from_pretrained(tmp_path)
+    assert loaded.config.encoder == "t5"
+    texts = list(data)[:6]
+    assert np.array_equal(rlm.predict(texts, METRICS, seed=7).samples, loaded.predict(texts, METRICS, seed=7).samples)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -326,6 +341,8 @@ def test_make_config_errors():
         make_config("tiny", dropout=1.5)
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         make_config("tiny", width=3)
+    with pytest.raises(ValueError, match="ModelConfig.encoder must be one of modernbert, t5, got 'lstm'"):
+        make_config("tiny", encoder="lstm")
 
 
 def test_interval_is_made_of_samples_so_one_wild_sample_cannot_stretch_it():
