@@ -30,6 +30,13 @@ block is a header ``NAME: SHAPE ...`` (shapes of its data inputs), one line per 
   ``min`` stand for the int64 limits, as in Slice ends), ``_`` a
   missing optional input. A call lists only its data inputs; the weights it passes are those
   of the function body.
+* ``const``: a node all of whose outputs are the same for every network input starts with
+  ``const``: a product with a constant zero (NB201's ``none`` op) and whatever is computed only
+  from such values, through function calls too (a cell whose every path from its input passes a
+  zero, and everything after it). The network still computes these nodes, so their lines stay
+  (they cost time), but they carry nothing of the input: a network whose output is ``const``
+  predicts the same class for every image, and a cell whose convolutions only see zeros is, for
+  accuracy, a cell without them.
 * ``> SHAPE``: output shapes, omitted when a single output has the type of the first data input.
   The batch (leading) dimension of every tensor of rank >= 2 is dropped; an unknown dimension
   is ``?``; a type other than float32 is appended as ``:i64``, ``:f16``, ...
@@ -356,6 +363,8 @@ class _Spec:
     types: _Types
     opsets: dict[str, int]
     body_hash: str | None = None  # set once rendered
+    #: per output, the indices of the body's data inputs it depends on (set once rendered)
+    out_deps: list[frozenset[int]] = field(default_factory=list)
 
 
 class _Renderer:
@@ -400,7 +409,7 @@ class _Renderer:
         if self.functions:
             self._infer_nodes(g, types, consts)
         scope = _Scope(data, list(g.node), [o.name for o in g.output], types, consts, self.opsets)
-        return self._number_blocks(self._header(scope) + self._render_scope(scope))
+        return self._number_blocks(self._header(scope) + self._render_scope(scope)[0])
 
     @staticmethod
     def _header(scope: _Scope) -> str:
@@ -518,20 +527,23 @@ class _Renderer:
         types.add(inferred.output)
         return types
 
-    def _call_op(self, fn: onnx.FunctionProto, node: onnx.NodeProto, types: _Types, consts: dict) -> tuple[str, list[bool]]:
-        """The placeholder of the called body, and which actual inputs are data (printed)."""
+    def _call_op(self, fn: onnx.FunctionProto, node: onnx.NodeProto, types: _Types, consts: dict) -> _Spec:
+        """The call's specialization, its body rendered: ``body_hash`` names the block, ``is_data``
+        says which actual inputs are printed, ``out_deps`` what each output depends on."""
         spec = self._spec(fn, node, types, consts)
         if spec.body_hash is None:
             data = [f for f, d in zip(fn.input, spec.is_data) if d]
             consts = {f: None for f, d in zip(fn.input, spec.is_data) if not d}
             body = _Scope(data, list(fn.node), list(fn.output), spec.types, consts, spec.opsets)
-            text = self._header(body) + self._render_scope(body)
+            text, spec.out_deps = self._render_scope(body)
+            text = self._header(body) + text
             spec.body_hash = _hash(text)
             self.bodies.setdefault(spec.body_hash, text)
-        return f"{_CALL}{spec.body_hash}{_CALL}", spec.is_data
+        return spec
 
     # --- one graph or body -----------------------------------------------------------------------
-    def _render_scope(self, scope: _Scope) -> str:
+    def _render_scope(self, scope: _Scope) -> tuple[str, list[frozenset[int]]]:
+        """The scope's lines, and per output the indices of the data inputs it depends on."""
         types, consts = scope.types, scope.consts
         nodes: list[onnx.NodeProto] = []
         for node in scope.nodes:
@@ -549,12 +561,15 @@ class _Renderer:
                 producer[out] = (i, k)
 
         heads, ins, outs, shapes, deps = [], [], [], [], []
+        calls: dict[int, _Spec] = {}
+        zeroed = set()  # nodes that multiply by a constant zero
         for i, node in enumerate(nodes):
             std = node.domain in ("", "ai.onnx")
             fn = None if std else self.functions.get((node.domain, node.op_type))
             keep = None
             if fn is not None:
-                op, keep = self._call_op(fn, node, types, consts)
+                spec = calls[i] = self._call_op(fn, node, types, consts)
+                op, keep = f"{_CALL}{spec.body_hash}{_CALL}", spec.is_data
             elif std:
                 op = _OP_ABBREV.get(node.op_type, node.op_type)
             else:
@@ -573,6 +588,8 @@ class _Renderer:
                 elif not name:
                     toks.append("_")
                 elif name in consts:
+                    if std and node.op_type == "Mul" and consts[name] is not None and not np.any(consts[name]):
+                        zeroed.add(i)
                     lit = _literal(consts[name])
                     if lit is None:
                         if slot in omitted:
@@ -601,6 +618,24 @@ class _Renderer:
                 topo = list(TopologicalSorter(dict(enumerate(deps))).static_order())
             except CycleError:
                 raise ValueError("not a valid ONNX graph: its nodes form a cycle") from None
+
+        # What each value depends on: the indices of the scope's data inputs. A product with a
+        # constant zero (NB201's `none` op) depends on nothing, and neither does whatever is
+        # computed only from such values: those nodes are marked `const` (see the format).
+        def dep(t: tuple[int, int]) -> frozenset[int]:
+            return frozenset([t[0] - n]) if t[0] >= n else value_deps[t]
+
+        value_deps: dict[tuple[int, int], frozenset[int]] = {}
+        for i in topo:
+            refs = [dep(t) for t in ins[i] if type(t) is tuple]
+            if i in calls:  # per output: the body's dependencies, mapped to this call's inputs
+                named = [d for o, d in zip(nodes[i].output, calls[i].out_deps) if o]
+                per_out = [frozenset().union(*(refs[j] for j in d)) for d in named]
+            else:
+                per_out = [frozenset() if i in zeroed else frozenset().union(*refs)] * outs[i]
+            value_deps.update(((i, k), d) for k, d in enumerate(per_out))
+            if refs and not any(per_out):
+                heads[i] = "const " + heads[i]
 
         # Structural keys: what feeds each node (anc) and what each node feeds (desc). Names never
         # enter them, so the tie-breaks between ready nodes below do not depend on names either.
@@ -667,7 +702,8 @@ class _Renderer:
             out_tokens.append(count - start[ref[0]] - ref[1] if ref else _literal(consts.get(name)) or "w")
         refs = _refs(out_tokens)
         lines.append(f"out {refs}" if refs else "out")
-        return "\n".join(lines)
+        out_deps = [dep(producer[name]) if name in producer else frozenset() for name in scope.outputs]
+        return "\n".join(lines), out_deps
 
 
 def _refs(tokens: list[str | int]) -> str:

@@ -206,6 +206,36 @@ def test_constants_are_folded_into_their_users():
     assert text == "main: 4x8x8\nSlice c[1] c[max] c[2] > 4x7x8\nout\n"
 
 
+def test_values_that_ignore_the_input_are_marked_const():
+    # A cell that multiplies its input by zero (NB201's `none` op): its output, and whatever is
+    # computed only from it, is the same for every input. The sum with the input is not.
+    gb = GraphBuilder()
+    x = gb.input("input", (1, 4, 8, 8))
+
+    def cell(gb, a):
+        return gb.node("Relu", [gb.node("Mul", [a, gb.constant(0.0, dtype=np.float32)])])
+
+    y = gb.node("Add", [x, gb.node("Sigmoid", [gb.call(("zero",), "zero", cell, [x], "cell.")])])
+    text = onnx_to_text(gb.build({y: (1, 4, 8, 8)}))
+    assert text == "F0: 4x8x8\nconst Mul c0\nconst Relu\nout\nmain: 4x8x8\nconst F0\nconst Sigmoid\nAdd 3 1\nout\n"
+
+
+def test_nb201_cells_without_a_path_from_the_input_are_const():
+    from rlm_nas.convert import model_input
+
+    # Every edge into node 3 is `none`: the cell's output is constant, and so is the network after it.
+    dead = model_input("nb201", "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|none~1|none~2|")
+    main = dead.split("main:")[1].splitlines()[1:-1]
+    assert main[:2] == ["Conv k3 p1 > 16x32x32", "BN"] and all(line.startswith("const ") for line in main[2:])
+    # Node 1 is zero, so the convolutions on edges 1->2 and 1->3 see a constant; the pool does not.
+    partial = model_input("nb201", "|none~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|")
+    cell = partial.split("F1:")[0].splitlines()
+    assert {"const Conv k1", "const Conv k3 p1", "AveragePool k3 p1 8"} <= set(cell) and "const" not in partial.split("main:")[1]
+    # `none` edges into nodes that other edges keep alive: only the products by zero are const.
+    alive = model_input("nb201", "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
+    assert {line for line in alive.splitlines() if "const" in line} == {"const Mul c0", "const Mul 8 c0"}
+
+
 # --- canonical form --------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [cell_net, branchy_model], ids=["functions", "branches"])
 def test_invariant_to_names_and_node_order(make):
