@@ -111,7 +111,8 @@ def test_time_budget_and_exclude(data, tmp_path, capsys):
     out = tmp_path / "short"
     test_split = [["nb201", get_space("nb201").format(g)] for g in get_space("nb201").sample(40, seed=0)[:5]]
     (tmp_path / "split.json").write_text(json.dumps({"archs": test_split}))  # as benchmarks/test_split.json
-    argv = ["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001", "--exclude", str(tmp_path / "split.json")]
+    argv = ["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001", "--exclude", str(tmp_path / "split.json"),
+            "--encoder", "t5"]
     assert main(argv) == 0
     assert "5 architectures (10 labels) left out" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
@@ -119,6 +120,7 @@ def test_time_budget_and_exclude(data, tmp_path, capsys):
     assert m["steps"] == 1 and "--max-minutes" in m["stopped"]
     assert (out / "last" / "state.pt").is_file()
     rlm = RLM.from_pretrained(out)
+    assert rlm.config.encoder == "t5"
     assert rlm.predict([m["split"]["val_archs"][0][1]], ["latency:toy"], space="nb201", num_samples=2).median.shape == (1, 1)
 
 
@@ -178,3 +180,16 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--config", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "bad.csv: line 2: column arch: invalid nb201 architecture" in err and "Traceback" not in err
+
+
+def test_batch_order_keeps_batches_within_a_space():
+    from rlm_nas.train import batch_order
+
+    spaces = ["nb201"] * 37 + ["fbnet"] * 20 + ["darts"] * 5
+    order = batch_order(spaces, 8, seed=0, epoch=0)
+    assert sorted(order.tolist()) == list(range(len(spaces)))  # every item once
+    batches = [{spaces[i] for i in order[j:j + 8]} for j in range(0, len(order), 8)]
+    # 4 + 2 single-space batches; the 5 + 4 + 5 leftovers fill the other two (the last one short).
+    assert sum(len(b) == 1 for b in batches) == 6 and len(batches) == 8
+    assert (batch_order(spaces, 8, seed=0, epoch=0) == order).all()
+    assert (batch_order(spaces, 8, seed=0, epoch=1) != order).any()
