@@ -21,7 +21,10 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def card(run: Path, command: str, wall: str, peak_mem: str) -> str:
+ENCODER_NAMES = {"modernbert": "a ModernBERT encoder", "t5": "a T5 encoder"}
+
+
+def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str) -> str:
     m = json.loads((run / "metrics.json").read_text())
     rows = sorted(m["val"], key=lambda r: (r["space"], r["metric"]))
     split = m["split"]
@@ -32,12 +35,13 @@ def card(run: Path, command: str, wall: str, peak_mem: str) -> str:
     lines = [
         "# rlm-nas default checkpoint",
         "",
-        "An encoder-decoder regression language model (T5 blocks from `transformers`, trained from scratch",
-        "on a 2-core CPU) that reads `\"{space}\\n\\n{canonical ONNX text}\"` and writes each metric as",
+        f"An encoder-decoder regression language model ({ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
+        "trained from scratch on a 2-core CPU) that reads `\"{space}\\n\\n{canonical ONNX text}\"` and writes each metric as",
         "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`.",
         "",
         f"- Training command: `{command}`",
-        f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})",
+        f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})"
+        + (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else ""),
         f"- Split: by architecture. The benchmarks' test architectures (`benchmarks/test_split.json`) were excluded",
         f"  from training and validation; {validation}.",
         "- Weights are stored in float16 (loaded as float32).",
@@ -73,7 +77,9 @@ def main() -> None:
     p.add_argument("--wall", required=True)
     p.add_argument("--peak-mem", required=True)
     args = p.parse_args()
-    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem))
+    # Checkpoints written before the encoder was a choice have T5 encoders.
+    encoder = json.loads((args.checkpoint / "config.json").read_text())["model_config"].get("encoder", "t5")
+    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder))
     (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 
