@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rlm_nas.config import ModelConfig
+
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
@@ -77,8 +79,7 @@ def main() -> None:
     p.add_argument("--wall", required=True)
     p.add_argument("--peak-mem", required=True)
     args = p.parse_args()
-    # Checkpoints written before the encoder was a choice have T5 encoders.
-    encoder = json.loads((args.checkpoint / "config.json").read_text())["model_config"].get("encoder", "t5")
+    encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder))
     (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")

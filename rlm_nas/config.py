@@ -53,6 +53,12 @@ class ModelConfig:
         if self.d_model % self.heads:
             raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})")
 
+    @classmethod
+    def from_saved(cls, fields: dict) -> "ModelConfig":
+        """The config a checkpoint's ``model_config`` describes. Checkpoints written before the
+        encoder was a choice have no ``encoder`` field: theirs is T5."""
+        return cls(**{"encoder": "t5", **fields})
+
     @property
     def d_kv(self) -> int:
         return self.d_model // self.heads

@@ -7,11 +7,11 @@ encoder pass serves every metric (and every sample) of an architecture.
 Both stacks are ``transformers`` modules: the encoder a ``ModernBertModel`` (rotary positions; see
 ``ModelConfig.encoder``) or, in checkpoints before 2026-11-30, a ``T5Stack``, run by their own
 forward; the decoder a ``T5Stack`` (weights, norms, feed-forward, relative position buckets)
-whose forward is written here (:meth:`RLMModule.decode`) for one reason: cross-attention folds all rows (metrics x samples) of
-an architecture into the query axis, ``(N, rows * t, d)`` against ``(N, L_enc, d)``, so encoder
-states and their keys/values are computed once per architecture and never copied per row. Copying
-them per row would cost more than the encoder itself at 25 metrics x 8 samples. Self-attention
-keys/values are cached as plain tensors while sampling.
+whose forward is written here (:meth:`RLMModule.decode`) for one reason: cross-attention folds
+all rows (metrics x samples) of an architecture into the query axis, ``(N, rows * t, d)`` against
+``(N, L_enc, d)``, so encoder states and their keys/values are computed once per architecture and
+never copied per row. Copying them per row would cost more than the encoder itself at 25 metrics x
+8 samples. Self-attention keys/values are cached as plain tensors while sampling.
 
 The number grammar (:attr:`NumberTokenizer.grammar`) is added to the logits as a ``-inf`` mask in
 training and sampling alike, so the loss is the likelihood of the constrained distribution that
@@ -549,8 +549,7 @@ class RLM:
                 raise CheckpointError(
                     f"{cfg_file}: format_version {meta.get('format_version')!r} is not supported by this rlm_nas (reads version {FORMAT_VERSION})"
                 )
-            # Checkpoints written before the encoder was a choice have T5 encoders.
-            config = ModelConfig(**{"encoder": "t5", **meta["model_config"]})
+            config = ModelConfig.from_saved(meta["model_config"])
             metrics = _check_new_metrics([], meta["metrics"])
             pairs = [tuple(p) for p in meta["known_pairs"]]
             calibration = {str(m): (a, b) for m, (a, b) in meta.get("calibration", {}).items()}
