@@ -296,7 +296,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--vocab-size", type=int, default=None, help="text BPE vocabulary (default: the config's)")
     p.add_argument("--epochs", type=float, default=10, help="length of the LR schedule, in epochs")
-    p.add_argument("--max-steps", type=int, default=None, help="length of the LR schedule in steps (overrides --epochs)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="length of the LR schedule in steps (overrides --epochs); 0 with --init only scores those weights on validation")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of the schedule, at most 200)")
     p.add_argument("--metrics-per-arch", type=int, default=8, help="labels per architecture per step (0: all)")
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
@@ -354,7 +355,10 @@ def load_examples(data: list[str], synthetic_per_space: int = 0, seed: int = 0, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 0:
+        p.error(f"--max-steps must be >= 0, got {args.max_steps}")
     dist = Dist()
     try:
         run(args, dist)
@@ -436,7 +440,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     per_step = args.batch_size * dist.world
     steps_per_epoch = math.ceil(len(train_items) / per_step)
-    total = args.max_steps or max(1, round(args.epochs * steps_per_epoch))
+    total = args.max_steps if args.max_steps is not None else max(1, round(args.epochs * steps_per_epoch))
     # Capped: a CPU run stopped by --max-minutes may see only a few hundred steps of a long schedule.
     warmup = args.warmup if args.warmup is not None else max(1, min(200, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))

@@ -163,6 +163,18 @@ def test_second_stage_from_a_checkpoint_keeps_its_tokenizer_and_validation(refer
     assert not same_weights(reference, out)
 
 
+def test_zero_steps_scores_the_init_weights_unchanged(reference, data, tmp_path):
+    """``--max-steps 0 --init CKPT`` trains nothing and writes the validation scores of CKPT's weights."""
+    out = tmp_path / "score"
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-steps", "0",
+                 "--init", str(reference), "--holdout", str(reference / "metrics.json")]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 0 and m["best"]["step"] == 0 and m["val"]
+    assert same_weights(reference, out)
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, "--max-steps", "-1"])
+
+
 def test_ddp_two_gloo_processes(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlm_nas.train",
