@@ -8,15 +8,23 @@ on the run's validation architectures (held out by architecture, never trained o
 too few validation architectures, or constant predictions, show ``n/a``: say so, don't guess.
 Beside it goes ``training.json``: the run's ``metrics.json`` without its bulky history and list
 of validation architectures, so benchmarks can check what the shipped model was trained on.
+
+The trainer keeps the weights with the best validation score. To ship the end of the schedule
+(``OUT/last``) instead, score those weights on the same validation architectures with a zero-step
+run and pass its folder as ``--scores``::
+
+    python -m rlm_nas.train ... --init OUT/last --holdout OUT/metrics.json --max-steps 0 --out SCORES
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from rlm_nas.config import ModelConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from rlm_nas.config import ModelConfig  # noqa: E402
 
 
 def _fmt(x) -> str:
@@ -26,9 +34,16 @@ def _fmt(x) -> str:
 ENCODER_NAMES = {"modernbert": "a ModernBERT encoder", "t5": "a T5 encoder"}
 
 
-def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str) -> str:
+def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores: Path | None = None) -> str:
     m = json.loads((run / "metrics.json").read_text())
-    rows = sorted(m["val"], key=lambda r: (r["space"], r["metric"]))
+    if scores is None:
+        rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
+    else:
+        s = json.loads((scores / "metrics.json").read_text())
+        rows = s["val"]
+        weights = (f"; the weights are the last step's (validation mean Spearman {s['best']['mean_spearman']:.3f}; "
+                   f"the best, {m['best']['mean_spearman']:.3f}, was step {m['best']['step']}'s)")
+    rows = sorted(rows, key=lambda r: (r["space"], r["metric"]))
     split = m["split"]
     # A later training stage (--init, --holdout) validates on the first stage's architectures, so
     # neither stage ever trained on them.
@@ -42,8 +57,7 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str) -> str
         "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`.",
         "",
         f"- Training command: `{command}`",
-        f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})"
-        + (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else ""),
+        f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})" + weights,
         f"- Split: by architecture. The benchmarks' test architectures (`benchmarks/test_split.json`) were excluded",
         f"  from training and validation; {validation}.",
         "- Weights are stored in float16 (loaded as float32).",
@@ -78,9 +92,11 @@ def main() -> None:
     p.add_argument("--command", required=True)
     p.add_argument("--wall", required=True)
     p.add_argument("--peak-mem", required=True)
+    p.add_argument("--scores", type=Path, default=None,
+                   help="folder of a --max-steps 0 run that scored the shipped weights (when they are not the run's best)")
     args = p.parse_args()
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
-    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder))
+    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder, args.scores))
     (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 
