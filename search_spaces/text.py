@@ -627,14 +627,14 @@ class _Renderer:
 
         value_deps: dict[tuple[int, int], frozenset[int]] = {}
         for i in topo:
-            refs = [dep(t) for t in ins[i] if type(t) is tuple]
+            in_deps = [dep(t) for t in ins[i] if type(t) is tuple]
             if i in calls:  # per output: the body's dependencies, mapped to this call's inputs
                 named = [d for o, d in zip(nodes[i].output, calls[i].out_deps) if o]
-                per_out = [frozenset().union(*(refs[j] for j in d)) for d in named]
+                per_out = [frozenset().union(*(in_deps[j] for j in d)) for d in named]
             else:
-                per_out = [frozenset() if i in zeroed else frozenset().union(*refs)] * outs[i]
+                per_out = [frozenset() if i in zeroed else frozenset().union(*in_deps)] * outs[i]
             value_deps.update(((i, k), d) for k, d in enumerate(per_out))
-            if refs and not any(per_out):
+            if in_deps and not any(per_out):
                 heads[i] = "const " + heads[i]
 
         # Structural keys: what feeds each node (anc) and what each node feeds (desc). Names never
