@@ -77,9 +77,15 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores
     return "\n".join(lines) + "\n"
 
 
-def training_record(run: Path) -> dict:
-    """The run's ``metrics.json`` minus ``history`` and ``split.val_archs`` (~10 KB instead of ~0.5 MB)."""
+def training_record(run: Path, scores: Path | None = None) -> dict:
+    """The run's ``metrics.json`` minus ``history`` and ``split.val_archs`` (~10 KB instead of ~0.5 MB).
+
+    With ``scores``, its ``val`` rows are those of the shipped weights, as on the card; ``best``
+    stays the run's own pick, so the record says both."""
     m = json.loads((run / "metrics.json").read_text())
+    if scores is not None:
+        m["val"] = json.loads((scores / "metrics.json").read_text())["val"]
+        m["val_weights"] = f"the shipped weights, re-scored by a zero-step run ({scores.name}); 'best' is the run's own pick"
     m.pop("history", None)
     m["split"] = {k: v for k, v in m["split"].items() if k != "val_archs"}
     return m
@@ -97,7 +103,7 @@ def main() -> None:
     args = p.parse_args()
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder, args.scores))
-    (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run), indent=1) + "\n")
+    (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run, args.scores), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 
 

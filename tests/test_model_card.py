@@ -1,0 +1,39 @@
+"""benchmarks/model_card.py: the record beside the card describes the weights that were shipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_card.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("model_card", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _metrics(folder: Path, val: list[dict], best_step: int) -> Path:
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({
+        "best": {"step": best_step, "mean_spearman": 0.9}, "val": val, "steps": 10, "history": [{"step": 1}],
+        "split": {"seed": 0, "val_fraction": 0.1, "val_archs": [["nb201", "a"]]}}))
+    return folder
+
+
+def test_training_record_takes_the_shipped_weights_rows_from_scores(tmp_path):
+    card = _module()
+    run_rows = [{"space": "nb201", "metric": "flops", "n": 9, "spearman": 0.5, "kendall": 0.4}]
+    shipped_rows = [{"space": "nb201", "metric": "flops", "n": 9, "spearman": 0.7, "kendall": 0.6}]
+    run = _metrics(tmp_path / "run", run_rows, best_step=4)
+    scores = _metrics(tmp_path / "scores", shipped_rows, best_step=0)
+
+    plain = card.training_record(run)
+    assert plain["val"] == run_rows and "history" not in plain and "val_archs" not in plain["split"]
+    shipped = card.training_record(run, scores)
+    assert shipped["val"] == shipped_rows
+    assert shipped["best"]["step"] == 4  # the run's own pick is still on record
+    assert "re-scored" in shipped["val_weights"]
