@@ -57,13 +57,43 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def metric_subset(item: ArchItem, k: int, key: str) -> tuple[list[str], list[float]]:
+def metric_subset(item: ArchItem, k: int, key: str, weight=None) -> tuple[list[str], list[float]]:
     """All labels of ``item``, or ``k`` of them drawn from a seed string (so the pick depends only
-    on ``key``: the same under resume and whatever the process count)."""
+    on ``key``: the same under resume and whatever the process count).
+
+    ``weight`` (metric name -> weight > 0, see :func:`metric_weights`) makes the draw favour some
+    metrics: labels are drawn without replacement with probability proportional to their weight
+    (Efraimidis-Spirakis keys). An NB201 architecture has 3 accuracy labels among ~27, so a uniform
+    draw of 8 gives the loss about one accuracy label per visit, and the 24 correlated latencies
+    the rest."""
     idx = list(range(len(item.metrics)))
     if k and len(idx) > k:
-        idx = sorted(random.Random(key).sample(idx, k))
+        rng = random.Random(key)
+        if weight is None:
+            idx = sorted(rng.sample(idx, k))
+        else:
+            keys = {i: rng.random() ** (1.0 / weight(item.metrics[i])) for i in idx}
+            idx = sorted(sorted(idx, key=keys.__getitem__, reverse=True)[:k])
     return [item.metrics[i] for i in idx], [item.values[i] for i in idx]
+
+
+def metric_weights(specs: Sequence[str]):
+    """``["accuracy:*=4", ...]`` (fnmatch pattern = weight; the first match wins, others weigh 1)
+    as a function of the metric name, or None when there are none."""
+    rules = []
+    for spec in specs:
+        pattern, sep, w = spec.rpartition("=")
+        try:
+            weight = float(w) if sep and pattern else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not weight > 0 or math.isinf(weight):
+            raise DataError(f"--metric-weights: {spec!r} is not PATTERN=WEIGHT with a finite WEIGHT > 0 "
+                            f"(e.g. 'accuracy:*=4')")
+        rules.append((pattern, weight))
+    if not rules:
+        return None
+    return lambda metric: next((w for pat, w in rules if fnmatch.fnmatchcase(metric, pat)), 1.0)
 
 
 def batch_order(spaces: Sequence[str], per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -266,7 +296,8 @@ def save_best(out: Path, rlm) -> None:
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
 RUN_ARGS = ("config", "encoder", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
-            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init")
+            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init",
+            "metric_weights")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -300,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
                    help="length of the LR schedule in steps (overrides --epochs); 0 with --init only scores those weights on validation")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of the schedule, at most 200)")
     p.add_argument("--metrics-per-arch", type=int, default=8, help="labels per architecture per step (0: all)")
+    p.add_argument("--metric-weights", nargs="+", default=[], metavar="PATTERN=WEIGHT",
+                   help="draw these metrics' labels more (or less) often than the others, which weigh 1, when an "
+                        "architecture has more than --metrics-per-arch labels (e.g. 'accuracy:*=4')")
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch, at most 500)")
     p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
@@ -390,6 +424,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         for k in RUN_ARGS:
             setattr(args, k, state["args"].get(k, getattr(args, k)))  # .get: checkpoints from before an argument existed
         log(f"resuming {ckpt_dir} at step {state['step']}")
+    weight = metric_weights(args.metric_weights)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -514,7 +549,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         epoch, pos = divmod(step, steps_per_epoch)
         chunk = order(epoch)[pos * per_step:(pos + 1) * per_step]
         batch = [train_items[i] for i in chunk[dist.rank::dist.world]]
-        labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{i}") for i, it in zip(chunk[dist.rank::dist.world], batch)]
+        labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{i}", weight)
+                  for i, it in zip(chunk[dist.rank::dist.world], batch)]
         with autocast(dist.device, use_bf16):
             loss = model(**rlm.make_batch([texts(it) for it in batch], [m for m, _ in labels], [v for _, v in labels]))
         if not torch.isfinite(loss):

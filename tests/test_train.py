@@ -205,3 +205,27 @@ def test_batch_order_keeps_batches_within_a_space():
     assert sum(len(b) == 1 for b in batches) == 6 and len(batches) == 8
     assert (batch_order(spaces, 8, seed=0, epoch=0) == order).all()
     assert (batch_order(spaces, 8, seed=0, epoch=1) != order).any()
+
+
+def test_metric_weights_favour_a_metric_in_the_draw(tmp_path, capsys):
+    from rlm_nas.data import ArchItem
+    from rlm_nas.train import metric_subset, metric_weights
+
+    metrics = tuple(sorted([f"accuracy:{d}" for d in ("c10", "c100", "img")] + [f"latency:d{i}" for i in range(24)]))
+    item = ArchItem("nb201", "x", metrics, tuple(float(i) for i in range(27)))
+
+    def accuracy_per_draw(weight) -> float:
+        draws = [metric_subset(item, 8, f"0:{step}:1", weight) for step in range(2000)]
+        assert all(len(m) == 8 == len(set(m)) and list(m) == sorted(m) for m, _ in draws)
+        assert all(item.values[item.metrics.index(m)] == v for ms, vs in draws for m, v in zip(ms, vs))
+        return sum(m.startswith("accuracy:") for ms, _ in draws for m in ms) / len(draws)
+
+    weight = metric_weights(["accuracy:*=4"])
+    assert weight("accuracy:c10") == 4.0 and weight("latency:d0") == 1.0
+    assert 0.8 < accuracy_per_draw(None) < 0.95  # 8 * 3/27 = 0.89
+    assert 1.9 < accuracy_per_draw(weight) < 2.2
+    assert metric_subset(item, 8, "key", weight) == metric_subset(item, 8, "key", weight)  # depends on the key only
+    assert metric_subset(item, 0, "key", weight)[0] == list(metrics)  # 0: every label, weights or not
+    assert metric_weights([]) is None
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--metric-weights", "accuracy:*"]) == 2
+    assert "--metric-weights: 'accuracy:*' is not PATTERN=WEIGHT with a finite WEIGHT > 0" in capsys.readouterr().err
