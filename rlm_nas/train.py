@@ -65,7 +65,7 @@ def metric_subset(item: ArchItem, k: int, key: str, weight=None) -> tuple[list[s
     metrics: labels are drawn without replacement with probability proportional to their weight
     (Efraimidis-Spirakis keys). An NB201 architecture has 3 accuracy labels among ~27, so a uniform
     draw of 8 gives the loss about one accuracy label per visit, and the 24 correlated latencies
-    the rest."""
+    the rest; ``accuracy:*=4`` gives it 2.1 (a 12-minute third stage with it: benchmarks/RESULTS.md)."""
     idx = list(range(len(item.metrics)))
     if k and len(idx) > k:
         rng = random.Random(key)
