@@ -99,8 +99,9 @@ def fit_calibration(rlm, examples: list[Example], cache: dict | None = None) -> 
     result ranks like a weighted geometric mean of similar devices and carries the examples' units),
     keeping the :data:`MAX_SOURCES` largest weights. Why a mixture rather than the single nearest
     device: a new device rarely ranks exactly like one known device, and with a handful of rows the
-    choice of one is noisy; over the 22 unseen NB201 devices the mixture ranks 0.945 / 0.961 /
-    0.965 / 0.968 at 5 / 10 / 20 / 50 shots, the single nearest 0.924 / 0.950 / 0.960 / 0.963
+    choice of one is noisy; over the 22 unseen NB201 devices (T5 fold checkpoints) the mixture
+    ranked 0.945 / 0.961 / 0.965 / 0.968 at 5 / 10 / 20 / 50 shots, the single nearest 0.924 /
+    0.950 / 0.960 / 0.963; ModernBERT folds rank 0.951 / 0.964 / 0.970 / 0.973 with the mixture
     (``benchmarks/RESULTS.md``).
     Falls back to the metric's own numbers (a log-log line, ``b`` clipped to [0.2, 5]) when no known
     metric gets a positive weight, and does nothing when a value or prediction is not positive.
