@@ -82,12 +82,12 @@ def metric_weights(specs: Sequence[str]):
     as a function of the metric name, or None when there are none."""
     rules = []
     for spec in specs:
-        pattern, sep, w = spec.rpartition("=")
+        pattern, _, w = spec.rpartition("=")  # no "=": the pattern is empty
         try:
-            weight = float(w) if sep and pattern else float("nan")
+            weight = float(w)
         except ValueError:
-            weight = float("nan")
-        if not weight > 0 or math.isinf(weight):
+            weight = math.nan
+        if not pattern or not 0 < weight < math.inf:
             raise DataError(f"--metric-weights: {spec!r} is not PATTERN=WEIGHT with a finite WEIGHT > 0 "
                             f"(e.g. 'accuracy:*=4')")
         rules.append((pattern, weight))
