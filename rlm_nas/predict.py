@@ -36,6 +36,9 @@ from pathlib import Path
 from rlm_nas.core import DRAWS
 
 COLUMNS = ("median", "mean", "p10", "p90")
+#: Spaces whose cells another space measures at a fixed network size (NB301: DARTS cells at width
+#: 32, depth 8). Where a checkpoint has no data for the first, the second may have it.
+SAME_CELLS = {"darts": "nb301"}
 
 
 class PredictError(ValueError):
@@ -49,6 +52,22 @@ class Line:
     number: int
     arch: str
     error: str | None = None
+
+
+def extrapolation_warning(rlm, checkpoint: str, space: str, metrics: Sequence[str]) -> str | None:
+    """A one-line warning naming the ``metrics`` that ``rlm`` had no ``space`` training data for,
+    the spaces it had them for, and a space of the same cells with data; None when all are known."""
+    known = rlm.known_pairs
+    extra = [m for m in metrics if (space, m) not in known]
+    if not extra:
+        return None
+    had = {m: sorted(s for s, k in known if k == m) for m in extra}
+    named = ", ".join(f"{m} (trained on {', '.join(had[m])})" if had[m] else m for m in extra)
+    text = f"checkpoint {checkpoint} had no {space} training data for {named}: those predictions are extrapolated (a guess)"
+    alt = SAME_CELLS.get(space)
+    if any(alt in spaces for spaces in had.values()):
+        text += f"; {alt} is the {space} cell space at one fixed width and depth, with that data: use --space {alt}"
+    return text
 
 
 def read_archs(path: str | Path, space: str) -> list[Line]:
@@ -175,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for ln in bad:
         print(f"warning: {a.input}: line {ln.number}: invalid {a.space} architecture, written with empty values: {ln.error}",
               file=sys.stderr)
-    extra = [m for m in metrics if (a.space, m) not in rlm.known_pairs]
-    if extra:
-        print(f"warning: checkpoint {a.checkpoint} had no {a.space} training data for {', '.join(extra)}: "
-              "those predictions are extrapolated (a guess), flagged in column 'extrapolated'", file=sys.stderr)
+    warning = extrapolation_warning(rlm, a.checkpoint, a.space, metrics)
+    if warning:
+        print(f"warning: {warning}; flagged in column 'extrapolated'", file=sys.stderr)
     rows = predict_lines(rlm, a.space, lines, metrics, a.samples, a.seed, a.batch_size, progress=not a.no_progress,
                          draws=a.draws)
     write_csv(a.output, rows, with_metric=len(metrics) > 1)

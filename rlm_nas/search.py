@@ -3,7 +3,8 @@
 Examples::
 
     # pure surrogate search: no training, no server; "measured" values are RLM predictions
-    python -m rlm_nas.search --space darts --trials 200 --out out/darts
+    # (nb301: DARTS cells at NAS-Bench-301's size, where the shipped model has accuracy data)
+    python -m rlm_nas.search --space nb301 --trials 200 --out out/nb301
 
     # accuracy under a latency budget on a device, resumable through SQLite
     python -m rlm_nas.search --space nb201 --device pixel3 --latency-budget 12 \\
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
 
     from rlm_nas.optuna.sampler import RLMSampler, arch_seed, load_rlm
+    from rlm_nas.predict import extrapolation_warning
     from search_spaces import get_space
 
     try:
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     latency = f"latency:{a.device}" if a.device else None
     objectives = [a.objective] + ([latency] if latency and a.latency_budget is None and latency != a.objective else [])
     constraints = {latency: a.latency_budget} if a.latency_budget is not None else {}
+    warning = extrapolation_warning(rlm, a.checkpoint, a.space, [*objectives, *constraints])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+        warnings.filterwarnings("ignore", message="the checkpoint has no training data")  # the sampler's, said above
     # Fine-tuning on the surrogate's own predictions would teach it nothing: only on real values.
     sampler = RLMSampler(space, objectives, constraints, checkpoint=rlm, acquisition=a.acquisition, pool_size=a.pool_size,
                          online_finetune=a.evaluate == "cmd", seed=a.seed)
@@ -238,6 +244,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
     from rlm_nas.optuna.sampler import ARCH_ATTR, PREDICTED_ATTR, _summary, constraint_values, pareto_mask
 
     out.mkdir(parents=True, exist_ok=True)
+    extrapolated = [m for m in sampler.metrics if (a.space, m) not in sampler.rlm.known_pairs]
     trials = study.get_trials(deepcopy=False)
     records = []
     for t in trials:
@@ -280,6 +287,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
         "note": ("surrogate mode: every value is the RLM's prediction (median of "
                  f"{SURROGATE_SAMPLES} samples), not a measurement") if a.evaluate == "surrogate" else
                 "values were measured by --evaluate-cmd",
+        "extrapolated": extrapolated,  # metrics the checkpoint had no training data for in this space
         "trials": records,
         "best": best if len(objectives) == 1 else front,
     }
@@ -294,7 +302,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
         (out / "best.txt").write_text(best["arch"] + "\n")
     if a.device and done:
         _plot(records, front if len(objectives) > 1 else [best], objectives, f"latency:{a.device}", constraints, out / "pareto.png")
-    _table(front[:10], objectives, sampler.metrics, a.evaluate, len(records))
+    _table(front[:10], objectives, sampler.metrics, a.evaluate, len(records), extrapolated)
     print(f"results: {out / 'results.json'}" + (f", best: {out / 'best.txt'}" if best else ", no feasible trial completed"))
     return results
 
@@ -303,7 +311,8 @@ def _fmt_pred(p: dict | None) -> str:
     return "-" if not p else f"{p['median']:.4g} [{p['p10']:.4g}–{p['p90']:.4g}]"
 
 
-def _table(rows: list[dict], objectives: list[str], metrics: tuple[str, ...], evaluate: str, n: int) -> None:
+def _table(rows: list[dict], objectives: list[str], metrics: tuple[str, ...], evaluate: str, n: int,
+           extrapolated: list[str]) -> None:
     from rich.console import Console
     from rich.markup import escape  # "[p10–p90]" and darts' JSON would otherwise read as markup
     from rich.table import Table
@@ -313,10 +322,11 @@ def _table(rows: list[dict], objectives: list[str], metrics: tuple[str, ...], ev
     t = Table(title=escape(f"{what} of {n} trials ({kind} values; predicted = median [p10–p90])"))
     t.add_column("trial", justify="right")
     t.add_column("arch (full string in results.json)", overflow="ellipsis", no_wrap=True, max_width=36)
+    guess = lambda m: " (extrapolated)" if m in extrapolated else ""  # noqa: E731
     for m in objectives:
-        t.add_column(f"{m}\n{kind}", justify="right")
+        t.add_column(f"{m}\n{kind}{guess(m) if evaluate == 'surrogate' else ''}", justify="right")
     for m in metrics:
-        t.add_column(f"{m}\npredicted", justify="right")
+        t.add_column(f"{m}\npredicted{guess(m)}", justify="right")
     for r in rows:
         vals = [r["value"]] if "value" in r else r["values"]
         cells = [str(r["number"]), r["arch"], *(f"{v:.4g}" for v in vals), *(_fmt_pred((r["predicted"] or {}).get(m)) for m in metrics)]

@@ -148,6 +148,24 @@ def test_resumed_study_must_match_its_setup(tiny_checkpoint, tmp_path, capsys): 
     assert "use another --study-name" in capsys.readouterr().err
 
 
+def test_extrapolated_objective_is_named_with_the_space_that_has_data(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+    from rlm_nas.model import RLM
+
+    # The shipped checkpoint's case: DARTS accuracy only through NB301 (DARTS cells at one size).
+    rlm = RLM.from_pretrained(tiny_checkpoint)
+    rlm.register_pairs([("nb301", "accuracy:cifar10")])
+    checkpoint = str(rlm.save_pretrained(tmp_path / "ckpt"))
+    out = tmp_path / "out"
+    assert run(["--space", "darts", "--trials", "2", "--pool-size", "2", "--checkpoint", checkpoint, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "no darts training data for accuracy:cifar10 (trained on nb301)" in err and "use --space nb301" in err
+    assert "(extrapolated)" in err  # the table's column says so too
+    assert json.loads((out / "results.json").read_text())["extrapolated"] == ["accuracy:cifar10"]
+    assert run(["--space", "nb301", "--trials", "1", "--pool-size", "2", "--checkpoint", checkpoint, "--out", str(out)]) == 0
+    assert "(extrapolated)" not in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["extrapolated"] == []
+
+
 def _cli(tmp_path, storage, trials, checkpoint, delay) -> subprocess.Popen:
     script = tmp_path / "ev.py"
     # No failures here, and one number per line: without a budget the latency is not read.
