@@ -20,7 +20,8 @@ Methods, scored by Spearman and Kendall-tau (tau-b) of their prediction on the t
   Spearman with the label). For the "all" column the sign is chosen on the first
   :data:`SIGN_ROWS` training rows of the order (counting every network costs ~0.1 s).
 * ``rlm``: the checkpoint's median of ``--samples`` draws (``--draws``: the model's quantiles,
-  or random samples). It was trained ONCE on all training
+  or random samples), averaged over ``--equivalents`` genotypes of the same network (cell spaces:
+  a node's two inputs swapped; see ``RLM.predict``). It was trained ONCE on all training
   rows of every task (multi-task), so its figure is the same in every size column and in the
   100/1000 columns it had more rows than the baselines. ``--rlm-finetune`` adds ``rlm-ft``:
   the checkpoint fine-tuned (``rlm_nas.finetune``, time-bounded) on exactly that size's rows,
@@ -147,14 +148,11 @@ def signed(values: dict, key: int, space: str, train: list[str], y: list[float],
     return np.array([sign * values[(space, a)][key] for a in test]), sign
 
 
-def rlm_predict(rlm, space: str, archs: list[str], metrics: list[str], samples: int, seed: int, draws: str) -> np.ndarray:
-    """Median of ``samples`` draws, ``(len(archs), len(metrics))``; texts converted with a bar."""
-    from tqdm import tqdm
-
-    from rlm_nas.convert import model_input
-
-    texts = [model_input(space, a) for a in tqdm(archs, desc=f"{space} ONNX text", unit="arch", leave=False)]
-    return rlm.predict(texts, metrics, num_samples=samples, seed=seed, draws=draws, progress=True).median
+def rlm_predict(rlm, space: str, archs: list[str], metrics: list[str], samples: int, seed: int, draws: str,
+                equivalents: int) -> np.ndarray:
+    """Median of ``samples`` draws over ``equivalents`` genotypes of each network, ``(len(archs), len(metrics))``."""
+    return rlm.predict(archs, metrics, space=space, num_samples=samples, seed=seed, draws=draws, progress=True,
+                       equivalents=equivalents).median
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -169,7 +167,7 @@ def report(rows: list[dict], args, meta: dict) -> tuple[str, dict]:
     tasks = list(dict.fromkeys((r["space"], r["metric"]) for r in rows))
     md = [f"# Predictor quality on the fixed test split\n", f"Command: `{meta['command']}`  ",
           f"Wall time: {meta['wall_s']:.0f} s; checkpoint: {meta['checkpoint'] or 'none (--no-rlm)'}; "
-          f"RLM draws: {args.samples} {args.draws}; seed {args.seed}; LightGBM {LGBM}.\n"]
+          f"RLM draws: {args.samples} {args.draws} over up to {args.equivalents} equivalent genotypes per network; seed {args.seed}; LightGBM {LGBM}.\n"]
     md += [f"- {note}" for note in meta["notes"]] + [""]
     summary: dict = {"sizes": {}, "targets": []}
     for size in meta["sizes"]:
@@ -236,7 +234,7 @@ def report(rows: list[dict], args, meta: dict) -> tuple[str, dict]:
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from rlm_nas.core import DRAWS
+    from rlm_nas.core import DRAWS, EQUIVALENTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="shared data folder (default: %(default)s)")
@@ -245,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-rlm", action="store_true", help="baselines only (no checkpoint needed)")
     p.add_argument("--samples", type=int, default=SAMPLES, help="RLM samples per prediction; the median is scored (default: %(default)s)")
     p.add_argument("--draws", choices=DRAWS, default=DRAWS[0], help="RLM draws: the model's quantiles or random samples (default: %(default)s)")
+    p.add_argument("--equivalents", type=int, default=EQUIVALENTS,
+                   help="RLM: average over this many genotypes of each network (cell spaces; default: %(default)s)")
     p.add_argument("--sizes", nargs="+", default=["100", "1000", "all"], help="training-row counts ('all' = every training row)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 tasks, sizes 50 200, at most 100 test archs per space")
     p.add_argument("--spaces", nargs="+", default=None, help="only these spaces' tasks (nb201, fbnet, nb301; default: all)")
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
         for space in spaces:
             metrics = [m for s, m in tasks if s == space]
             t = time.monotonic()
-            med = rlm_predict(rlm, space, tests[space], metrics, args.samples, args.seed, args.draws)
+            med = rlm_predict(rlm, space, tests[space], metrics, args.samples, args.seed, args.draws, args.equivalents)
             sec = time.monotonic() - t
             notes.append(f"RLM scored {len(tests[space])} {space} archs x {len(metrics)} metrics x {args.samples} samples "
                          f"in {sec:.1f} s ({len(tests[space]) / sec:.1f} archs/s, ONNX text included).")
@@ -398,7 +398,7 @@ def finetune_cells(args, plan, labels, tests, add) -> None:
         seconds = time.monotonic() - t
         print(f"rlm-ft {space} {size}: {archs} archs x {len(tasks)} metrics, {info['steps']} steps in {info['seconds']} s", file=sys.stderr)
         metrics = [m for m, _ in tasks]
-        med = rlm_predict(rlm, space, tests[space], metrics, args.samples, args.seed, args.draws)
+        med = rlm_predict(rlm, space, tests[space], metrics, args.samples, args.seed, args.draws, args.equivalents)
         for j, (metric, train) in enumerate(tasks):
             add(space, metric, size, train, "rlm-ft", med[:, j], seconds / len(tasks), finetune=info)
 

@@ -46,6 +46,17 @@ def model_input(space: Any, arch: Any) -> str:
     return _from_native(space, get_space(space).format(arch))
 
 
+def equivalent_inputs(space: Any, arch: Any, n: int, seed: int = 0) -> list[str]:
+    """Model inputs of ``arch`` and of up to ``n - 1`` other genotypes of the same network
+    (:meth:`search_spaces.base.Space.equivalents`); ONNX models and texts have only their own."""
+    space = _check_space_name(space)
+    if n <= 1 or type(arch).__name__ == "ModelProto" or (isinstance(arch, str) and "\n" in arch):
+        return [model_input(space, arch)]
+    sp = get_space(space)
+    genotype = sp.parse(arch) if isinstance(arch, str) else arch
+    return [_from_native(space, sp.format(g)) for g in sp.equivalents(genotype, n, seed)]
+
+
 def clear_cache() -> None:
     """Drop cached texts (e.g. after changing the canonical text format in a session)."""
     _from_native.cache_clear()

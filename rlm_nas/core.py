@@ -12,6 +12,10 @@ import numpy as np
 #: How ``RLM.predict`` draws its numbers: the model's quantiles at levels (i + 0.5) / k, or
 #: ancestral samples. The first is the default.
 DRAWS = ("quantiles", "random")
+#: Equivalent genotypes read per architecture by the CLIs and benchmarks (``RLM.predict``'s
+#: ``equivalents``; it matters in the cell spaces only). Chosen on validation architectures:
+#: ``benchmarks/equivalents.py``.
+EQUIVALENTS = 8
 
 #: Metric names: ``accuracy:<dataset>``, ``latency:<device>``, ``params``, ``flops``.
 METRIC_RE = re.compile(r"^(params|flops|(accuracy|latency):[a-z0-9][a-z0-9_.\-]*)$")

@@ -348,8 +348,9 @@ class RLM:
         return self.module(**self.make_batch(texts, metrics, values))
 
     # --- prediction -------------------------------------------------------------------------
-    def _model_inputs(self, inputs: Sequence[Any], space: Any) -> tuple[list[str], list[str]]:
-        """Model-input strings and the space of each."""
+    def _model_inputs(self, inputs: Sequence[Any], space: Any, equivalents: int = 1,
+                      progress: bool = False) -> tuple[list[str], list[str], list[int]]:
+        """Model-input strings, the space of each, and the index in ``inputs`` each one is for."""
         if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
             raise TypeError(f"inputs must be a list (of genotypes, ONNX models or strings), got {type(inputs).__name__}")
         from search_spaces import SPACE_NAMES
@@ -359,10 +360,15 @@ class RLM:
             name = getattr(space, "name", space)
             if name not in allowed:
                 raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(allowed)}")
-            from rlm_nas.convert import model_input
+            from rlm_nas.convert import equivalent_inputs
 
-            texts = [model_input(name, x) for x in inputs]
-            return texts, [name] * len(texts)
+            from tqdm.auto import tqdm
+
+            # Export + canonical text is the slow part for uncached genotypes: it gets its own bar.
+            groups = [equivalent_inputs(name, x, equivalents)
+                      for x in tqdm(inputs, desc=f"{name} ONNX text", unit="arch", disable=not progress, leave=False)]
+            texts = [t for g in groups for t in g]
+            return texts, [name] * len(texts), [i for i, g in enumerate(groups) for _ in g]
         spaces = []
         for i, x in enumerate(inputs):
             if not isinstance(x, str) or "\n\n" not in x:
@@ -374,7 +380,7 @@ class RLM:
             if name not in allowed:
                 raise ValueError(f"inputs[{i}] names unknown space {name!r}; known spaces: {', '.join(allowed)}")
             spaces.append(name)
-        return list(inputs), spaces
+        return list(inputs), spaces, list(range(len(inputs)))
 
     def predict(
         self,
@@ -387,6 +393,7 @@ class RLM:
         batch_size: int = 64,
         progress: bool = False,
         draws: str = "quantiles",
+        equivalents: int = 1,
     ) -> Prediction:
         """Draw ``num_samples`` numbers per input and metric; see :class:`rlm_nas.core.Prediction`.
 
@@ -398,6 +405,13 @@ class RLM:
         for odd ``k`` (so ``num_samples=1`` gives it in one decoder pass). ``draws="random"`` is
         ancestral sampling, reproducible with ``seed``. ``temperature=0`` is greedy (then all draws
         are equal).
+
+        ``equivalents=k`` reads up to ``k`` genotypes of the same network for each genotype or native
+        string (:meth:`search_spaces.base.Space.equivalents`: in the cell spaces, a node's two inputs
+        swapped, which reorders the ONNX text but not the network) and averages their sorted draws:
+        their quantiles, for quantile draws. The model is not exactly invariant to that order, and
+        the average ranks better (``benchmarks/RESULTS.md``). Spaces without such symmetry, ONNX
+        models and texts read one input whatever ``k``.
         """
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         self._metric_ids(metrics)
@@ -412,7 +426,9 @@ class RLM:
             raise ValueError(f"draws must be one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        texts, spaces = self._model_inputs(inputs, space)
+        if not isinstance(equivalents, int) or equivalents < 1:
+            raise ValueError(f"equivalents must be a positive int (1: each input as given), got {equivalents!r}")
+        texts, spaces, owner = self._model_inputs(inputs, space, equivalents, progress)
         extrapolated = np.array([any((s, m) not in self._known for s in set(spaces)) for m in metrics], dtype=bool)
         raw = np.empty((len(texts), len(decoded), num_samples))
         if not texts:
@@ -445,6 +461,12 @@ class RLM:
             with np.errstate(divide="ignore"):  # a decoded 0 gives 0 (b > 0), not a warning
                 log = a + sum(b * np.log(np.abs(x[s])) for s, b in weights.items())
             samples[:, j] = np.sign(x[max(weights, key=weights.get)]) * np.exp(log)
+        if len(texts) > len(inputs):  # equivalents: average each input's sorted draws (its quantiles)
+            owner = np.asarray(owner)
+            samples = np.sort(samples, axis=-1)
+            pooled = np.zeros((len(inputs), *samples.shape[1:]))
+            np.add.at(pooled, owner, samples)
+            samples = pooled / np.bincount(owner, minlength=len(inputs))[:, None, None]
         return Prediction(tuple(metrics), samples, extrapolated)
 
     def _decode(self, batch, metric_ids: list[int], k: int, temperature: float, draws: str, gen: torch.Generator) -> torch.Tensor:

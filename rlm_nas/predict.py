@@ -3,7 +3,8 @@
 CLI::
 
     python -m rlm_nas.predict --space nb201 --metric latency:pixel3 --input archs.txt --output pred.csv \\
-        [--checkpoint PATH|default] [--samples 8] [--draws quantiles|random] [--seed 0] [--batch-size 64] [--skip-invalid]
+        [--checkpoint PATH|default] [--samples 8] [--draws quantiles|random] [--equivalents 8] [--seed 0] \\
+        [--batch-size 64] [--skip-invalid]
 
 Input: one architecture per line in the space's native string: an NB201 arch string
 (``|nor_conv_3x3~0|+|...|``), 22 comma-separated FBNet block names, NASLib's
@@ -14,8 +15,10 @@ blank lines are ignored (they get no output row, but line numbers in messages co
 Output: CSV with columns ``arch,median,mean,p10,p90,extrapolated``, one row per input line in
 input order; ``arch`` is the line as given. Values are aggregates of ``--samples`` draws from
 the RLM: by default its quantiles at levels (i + 0.5) / k (deterministic; the median column is
-the median of the model's distribution), or with ``--draws random`` ancestral samples. ``extrapolated`` is ``true`` when the checkpoint had no training data for (space,
-metric): the numbers are then a guess. ``--metric`` takes one metric, or several
+the median of the model's distribution), or with ``--draws random`` ancestral samples. In the cell
+spaces they are averaged over ``--equivalents`` genotypes of the same network (``RLM.predict``).
+``extrapolated`` is ``true`` when the checkpoint had no training data for (space, metric): the
+numbers are then a guess. ``--metric`` takes one metric, or several
 comma-separated (or the flag repeated); with several, a ``metric`` column follows ``arch`` and
 each line gets one row per metric, in the order given.
 
@@ -33,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlm_nas.core import DRAWS
+from rlm_nas.core import DRAWS, EQUIVALENTS
 
 COLUMNS = ("median", "mean", "p10", "p90")
 #: Spaces whose cells another space measures at a fixed network size (NB301: DARTS cells at width
@@ -93,17 +96,13 @@ def read_archs(path: str | Path, space: str) -> list[Line]:
 
 
 def predict_lines(rlm, space: str, lines: Sequence[Line], metrics: Sequence[str], samples: int = 8, seed: int = 0,
-                  batch_size: int = 64, progress: bool = True, draws: str = DRAWS[0]) -> list[dict]:
+                  batch_size: int = 64, progress: bool = True, draws: str = DRAWS[0],
+                  equivalents: int = EQUIVALENTS) -> list[dict]:
     """Output rows (dicts with ``arch``, ``metric`` and :data:`COLUMNS`, ``extrapolated``) for
     ``lines`` x ``metrics``, in that order; invalid lines get empty values."""
-    from tqdm.auto import tqdm
-
-    from rlm_nas.convert import model_input
-
-    valid = [ln for ln in lines if ln.error is None]
-    texts = [model_input(space, ln.arch) for ln in tqdm(valid, desc="ONNX text", unit="arch", disable=not progress, leave=False)]
-    pred = rlm.predict(texts, list(metrics), num_samples=samples, seed=seed, batch_size=batch_size, progress=progress,
-                       draws=draws)
+    valid = [ln.arch for ln in lines if ln.error is None]
+    pred = rlm.predict(valid, list(metrics), space=space, num_samples=samples, seed=seed, batch_size=batch_size,
+                       progress=progress, draws=draws, equivalents=equivalents)
     stats = {c: getattr(pred, c) for c in COLUMNS}  # (n_valid, n_metrics) each
     rows, i = [], 0
     for ln in lines:
@@ -147,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", choices=DRAWS, default=DRAWS[0],
                    help="'quantiles': the model's quantiles at levels (i + 0.5) / k, deterministic; 'random': "
                         "ancestral samples, reproducible with --seed (default: %(default)s)")
+    p.add_argument("--equivalents", type=int, default=EQUIVALENTS,
+                   help="average over up to this many genotypes of each network: in the cell spaces a node's two inputs "
+                        "swapped, which the model reads slightly differently (benchmarks/results/equivalents.md); "
+                        "no cost elsewhere (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --draws random (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="architectures per model batch (default: %(default)s)")
     p.add_argument("--skip-invalid", action="store_true",
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(argv)
     metrics = list(dict.fromkeys(m.strip() for flag in a.metric for m in flag.split(",") if m.strip()))
-    for name, value in (("--samples", a.samples), ("--batch-size", a.batch_size), ("--threads", a.threads)):
+    for name, value in (("--samples", a.samples), ("--batch-size", a.batch_size), ("--threads", a.threads),
+                        ("--equivalents", a.equivalents)):
         if value is not None and value < 1:
             p.error(f"{name} must be >= 1, got {value}")
     if not metrics:
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(f"warning: {warning}; flagged in column 'extrapolated'", file=sys.stderr)
     rows = predict_lines(rlm, a.space, lines, metrics, a.samples, a.seed, a.batch_size, progress=not a.no_progress,
-                         draws=a.draws)
+                         draws=a.draws, equivalents=a.equivalents)
     write_csv(a.output, rows, with_metric=len(metrics) > 1)
     print(f"wrote {len(rows)} rows ({len(lines) - len(bad)} architectures x {len(metrics)} metric(s)"
           f"{f', {len(bad)} invalid line(s) left empty' if bad else ''}) to {a.output}", file=sys.stderr)

@@ -31,6 +31,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from rlm_nas.core import EQUIVALENTS
+
 SURROGATE_SAMPLES = 32  # samples behind a surrogate "measurement": its median is the value
 
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if stop["requested"]:
                 raise KeyboardInterrupt  # asked for while this trial was sampled: do not start it
             if a.evaluate == "surrogate":
-                pred = sampler.predict([g], num_samples=SURROGATE_SAMPLES, seed=arch_seed(arch, a.seed))
+                pred = sampler.predict([g], num_samples=SURROGATE_SAMPLES, seed=arch_seed(arch, a.seed), equivalents=EQUIVALENTS)
                 return [float(pred.column(m)["median"][0]) for m in sampler.metrics]
             return _run_cmd(a.evaluate_cmd, arch, a.timeout, len(objectives), len(objectives) + len(constraints))
         finally:
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming study {name!r}: {n_finished} of {a.trials} trials already finished", file=sys.stderr)
     if a.evaluate == "surrogate":
         print(f"surrogate search: each trial's value is the RLM's median of {SURROGATE_SAMPLES} samples "
-              f"(checkpoint {a.checkpoint!r}); no network is trained or timed", file=sys.stderr)
+              f"(of up to {EQUIVALENTS} equivalent genotypes; checkpoint {a.checkpoint!r}); no network is trained or timed",
+              file=sys.stderr)
     with tqdm(total=max(remaining, 0), desc=f"{a.space} search", unit="trial") as bar:
         def on_trial(study, trial):
             bar.update(1)
@@ -265,7 +268,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
     # Trials the sampler did not propose (enqueued, independent fallback): predict them now.
     todo = [r for r in records if r["arch"] and not r["predicted"]]
     if todo:
-        pred = sampler.predict([space.parse(r["arch"]) for r in todo], seed=a.seed)
+        pred = sampler.predict([space.parse(r["arch"]) for r in todo], seed=a.seed, equivalents=EQUIVALENTS)
         for i, r in enumerate(todo):
             r["predicted"] = _summary(pred, i)
 
@@ -285,7 +288,7 @@ def report(study, space, sampler, objectives, constraints, a, out: Path) -> dict
     results = {
         "space": a.space, "objectives": objectives, "constraints": constraints, "evaluate": a.evaluate,
         "note": ("surrogate mode: every value is the RLM's prediction (median of "
-                 f"{SURROGATE_SAMPLES} samples), not a measurement") if a.evaluate == "surrogate" else
+                 f"{SURROGATE_SAMPLES} samples, of up to {EQUIVALENTS} equivalent genotypes), not a measurement") if a.evaluate == "surrogate" else
                 "values were measured by --evaluate-cmd",
         "extrapolated": extrapolated,  # metrics the checkpoint had no training data for in this space
         "trials": records,

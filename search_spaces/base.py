@@ -124,6 +124,12 @@ class Space(abc.ABC, Generic[G]):
         params = {k: trial.suggest_categorical(k, d.choices) for k, d in self.distributions().items()}
         return self.from_params(params)
 
+    def equivalents(self, genotype: G, n: int, seed: int = 0) -> list[G]:
+        """``genotype`` first, then up to ``n - 1`` other genotypes of the same network (fewer if
+        there are none). Their texts differ, so the RLM can average over them (``RLM.predict``'s
+        ``equivalents``). By default a space has no such symmetry: ``[genotype]``."""
+        return [self.validate(genotype)]
+
     def one_hot(self, genotype: G) -> np.ndarray:
         """Concatenated one-hot encoding of :meth:`to_params` (the classic baseline's features)."""
         params = self.to_params(genotype)

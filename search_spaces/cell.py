@@ -16,8 +16,9 @@ from __future__ import annotations
 import ast
 import json
 import math
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from search_spaces.base import ParamValue, Space, check_choice
@@ -163,6 +164,28 @@ class CellSpace(Space[CellGenotype]):
             if not _is_int(value) or value not in allowed:
                 raise InvalidGenotype(self.name, field, value, ", ".join(map(str, allowed)))
         return genotype
+
+    def equivalents(self, genotype: CellGenotype, n: int, seed: int = 0) -> list[CellGenotype]:
+        """A node sums its two inputs, so swapping them (in any nodes of either cell) leaves the
+        network unchanged but reorders its ONNX graph: ``genotype``, then up to ``n - 1`` such
+        swaps drawn with ``seed``, all distinct. (Renumbering the nodes in another order their
+        inputs allow is a symmetry too, up to a permutation of weights; averaging over it as well
+        ranked no better on validation architectures: ``benchmarks/RESULTS.md``.)"""
+        g = self.validate(genotype)
+        rng = random.Random(seed)
+        out, seen = [g], {(g.normal, g.reduce)}
+        for _ in range(8 * n):  # random draws: a cell of repeated pairs has few distinct swaps
+            if len(out) >= n:
+                break
+            flips = [rng.random() < 0.5 for _ in range(2 * self.nodes)]  # normal's nodes, then reduce's
+            cells = tuple(
+                tuple(x for i in range(self.nodes) for x in cell[2 * i : 2 * i + 2][:: -1 if flip[i] else 1])
+                for cell, flip in ((g.normal, flips[: self.nodes]), (g.reduce, flips[self.nodes :]))
+            )
+            if cells not in seen:
+                seen.add(cells)
+                out.append(replace(g, normal=cells[0], reduce=cells[1]))
+        return out
 
     def size(self) -> int:
         # node i + 2 picks two (op, input) pairs out of len(ops) * (i + 2); two cells

@@ -292,6 +292,38 @@ def test_forward_at_every_scale(name, width, depth):
     assert space.build(g, num_classes=100)(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+@pytest.mark.parametrize("name", [*NDS_SPACES, "nb301"])
+def test_equivalents_are_the_same_network(name):
+    """A node sums its two inputs: swapping them gives another genotype (and ONNX text) of the same
+    network. With the swapped inputs' weights exchanged, both compute the same function."""
+    space = get_space(name)
+    g = space.sample(1, seed=3)[0]
+    if name != "nb301":
+        g = dataclasses.replace(g, width=16, depth=4)
+    eqs = space.equivalents(g, 8, seed=0)
+    assert eqs[0] == g and 1 < len(eqs) == len(set(eqs)) <= 8 and eqs == space.equivalents(g, 8, seed=0)
+    assert space.equivalents(g, 1) == [g] and all(space.validate(e) is e for e in eqs)
+    ref = randomize_bn(space.build(g))
+    x = torch.randn(2, 3, 32, 32)
+    for e in eqs[1:3]:
+        state = {}
+        for plan in macro_plan(g):
+            mine, theirs = (g.reduce, e.reduce) if plan.reduce else (g.normal, e.normal)
+            flipped = [i for i in range(space.nodes) if mine[2 * i] != theirs[2 * i]]
+            prefix = f"stages.{plan.stage}.{plan.index}.ops."
+            for i in flipped:
+                state[f"{prefix}{i}.0."], state[f"{prefix}{i}.1."] = f"{prefix}{i}.1.", f"{prefix}{i}.0."
+        renamed = {}
+        for key, value in ref.state_dict().items():
+            old = next((o for o in state if key.startswith(o)), None)
+            renamed[key if old is None else state[old] + key[len(old):]] = value
+        other = space.build(e)
+        other.load_state_dict(renamed)
+        with torch.no_grad():
+            torch.testing.assert_close(other.eval()(x), ref(x))
+    assert len(get_space("nb201").equivalents(get_space("nb201").sample(1, seed=0)[0], 8)) == 1  # no such symmetry
+
+
 def test_darts_v2_has_the_published_parameter_count():
     """DARTS's train.py logs "param size = 3.349342MB" for DARTS_V2 at C=36, 20 layers
     (auxiliary head excluded): our network at that setting has exactly that many."""

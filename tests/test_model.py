@@ -19,6 +19,7 @@ from rlm_nas.config import ENCODERS, make_config
 from rlm_nas.model import N_NUM, RLM, CheckpointError
 from rlm_nas.tokenizers import TextTokenizer
 from rlm_nas.tokenizers.number import MINUS
+from tests.rlm_fixtures import tiny_checkpoint, tiny_rlm  # noqa: F401  (pytest fixtures)
 
 METRICS = ["accuracy:synth", "latency:synth"]
 # Op lines and their contribution to the synthetic "accuracy"; latency counts convolutions.
@@ -296,6 +297,26 @@ def test_unknown_metric_and_space(rlm, data):
         rlm.predict(texts, METRICS, temperature=-1)
     with pytest.raises(ValueError, match="draws must be one of 'quantiles', 'random', got 'sobol'"):
         rlm.predict(texts, METRICS, draws="sobol")
+    with pytest.raises(ValueError, match="equivalents must be a positive int .* got 0"):
+        rlm.predict(texts, METRICS, equivalents=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*truncated.*")  # the tiny checkpoint reads 256 tokens: enough here
+def test_equivalents_average_the_quantiles_of_equivalent_genotypes(tiny_rlm):  # noqa: F811
+    from search_spaces import get_space
+
+    darts, nb201 = get_space("darts"), get_space("nb201")
+    genotypes = darts.sample(2, seed=0)
+    pred = tiny_rlm.predict(genotypes, ["latency:pixel3"], space="darts", num_samples=5, equivalents=4, batch_size=1)
+    for i, g in enumerate(genotypes):
+        each = tiny_rlm.predict(darts.equivalents(g, 4), ["latency:pixel3"], space="darts", num_samples=5, batch_size=1)
+        assert len(each.samples) == 4  # the genotype and three swaps
+        np.testing.assert_allclose(pred.samples[i, 0], np.sort(each.samples[:, 0], axis=-1).mean(axis=0))
+    # no symmetry in NB201, and texts are read as given: one input each, whatever equivalents says
+    archs = [nb201.format(g) for g in nb201.sample(3, seed=0)]
+    for inputs, space in ((archs, "nb201"), ([darts.to_text(g) for g in genotypes], "darts")):
+        np.testing.assert_array_equal(tiny_rlm.predict(inputs, ["params"], space=space, num_samples=3, equivalents=8).samples,
+                                      tiny_rlm.predict(inputs, ["params"], space=space, num_samples=3).samples)
 
 
 def test_extrapolated_flags_pairs_without_training_data(rlm, data):

@@ -163,11 +163,12 @@ class RLMSampler(BaseSampler):
         self._warned: set[str] = set()
 
     # --- public helpers -------------------------------------------------------------------------
-    def predict(self, genotypes: Sequence[Any], num_samples: int | None = None, seed: int = 0):
-        """The RLM's :class:`~rlm_nas.core.Prediction` of the sampler's metrics (thread-safe)."""
+    def predict(self, genotypes: Sequence[Any], num_samples: int | None = None, seed: int = 0, equivalents: int = 1):
+        """The RLM's :class:`~rlm_nas.core.Prediction` of the sampler's metrics (thread-safe);
+        ``equivalents`` as in :meth:`RLM.predict` (the sampler scores its candidates with 1: cheap)."""
         with self._lock:
             pred = self.rlm.predict(list(genotypes), list(self.metrics), space=self.space.name,
-                                    num_samples=num_samples or self._num_samples, seed=seed)
+                                    num_samples=num_samples or self._num_samples, seed=seed, equivalents=equivalents)
         if np.any(pred.extrapolated) and "extrapolated" not in self._warned:
             self._warned.add("extrapolated")
             bad = [m for m, e in zip(pred.metrics, pred.extrapolated) if e]
