@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlm_nas.core import Example
+from rlm_nas.core import EQUIVALENTS, Example
 from rlm_nas.data import DataError, group_by_arch, load_arch_values
 from rlm_nas.train import Texts, autocast, bf16_fast
 
@@ -138,7 +138,7 @@ def fit_calibration(rlm, examples: list[Example], cache: dict | None = None) -> 
 
 def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: float | None = MAX_SECONDS, lr: float = LR,
              seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False, info: dict | None = None,
-             init: str = "nearest"):
+             init: str = "nearest", equivalents: int = 1):
     """Fine-tune ``rlm`` in place on ``examples`` and return it.
 
     Stops after ``steps`` optimizer steps or ``max_seconds`` of wall clock, whichever comes first
@@ -155,6 +155,8 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
     which overfit them (few-shot benchmark in ``benchmarks/RESULTS.md``); :data:`FEW_SHOT_ROWS` is
     where the CLI switches. With ``steps > 0`` the metrics trained on lose any calibration: their
     own (trained) numbers are reported.
+    ``equivalents`` > 1 shows each architecture as a random one of up to that many genotypes of
+    its network (cell spaces; see :class:`rlm_nas.train.Texts`).
     Torch's global RNG is left as it was: a search calling this repeatedly stays reproducible.
     Pass a dict as ``info`` to get ``steps`` taken, ``seconds`` and ``last_loss`` back.
     """
@@ -162,10 +164,12 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
 
     if not examples:
         raise ValueError("finetune: no examples given; need at least one (space, arch, metric, value)")
+    if not isinstance(equivalents, int) or equivalents < 1:
+        raise ValueError(f"finetune: equivalents must be a positive int (1: each architecture as given), got {equivalents!r}")
     if steps < 0 or (max_seconds is not None and max_seconds <= 0):
         raise ValueError(f"finetune: steps must be >= 0 and max_seconds > 0, got steps={steps!r}, max_seconds={max_seconds!r}")
     items = group_by_arch(examples)
-    texts = Texts()
+    texts = Texts(equivalents)
     t0 = time.monotonic()
     # fork_rng: the caller's RNG stream is untouched (add_metrics draws from it, too).
     with torch.random.fork_rng(devices=[]):
@@ -209,7 +213,8 @@ def finetune(rlm, examples: list[Example], steps: int = STEPS, max_seconds: floa
             batch = [items[i] for i in perm[pos:pos + batch_size]]
             pos += batch_size
             with autocast(device, use_bf16):  # every label of an architecture: they are few here
-                loss = rlm.loss([texts(it) for it in batch], [list(it.metrics) for it in batch], [list(it.values) for it in batch])
+                loss = rlm.loss([texts(it, f"{seed}:{step}:{j}") for j, it in enumerate(batch)], [list(it.metrics) for it in batch],
+                                [list(it.values) for it in batch])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -236,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--equivalents", type=int, default=EQUIVALENTS,
+                   help="show each architecture as a random one of up to this many genotypes of its network "
+                        "(cell spaces: a node's two inputs swapped; no effect elsewhere)")
     p.add_argument("--init", choices=["nearest", "mean"], default="nearest",
                    help="a new metric starts from the known metric that ranks --train best, or from the average of its kind")
     return p
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 0 if not seen and len(loaded.examples) < FEW_SHOT_ROWS and args.init == "nearest" else STEPS
     info: dict = {}
     finetune(rlm, loaded.examples, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
-             progress=True, info=info, init=args.init)
+             progress=True, info=info, init=args.init, equivalents=args.equivalents)
     rlm.save_pretrained(Path(args.out))
     if info["init"]:
         print(f"{args.metric} started from the nearest known metric: {info['init'][args.metric]}")

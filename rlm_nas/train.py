@@ -135,17 +135,34 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1):
 
 class Texts:
     """Model-input texts of architectures, converted on first use (conversion is the slow part of
-    the pipeline, so it is spread over the first epoch instead of blocking the start)."""
+    the pipeline, so it is spread over the first epoch instead of blocking the start).
 
-    def __init__(self):
+
+    With ``equivalents`` > 1 a call reads one of up to that many genotypes of the item's network
+    (:meth:`search_spaces.base.Space.equivalents`), picked by ``draw`` (e.g. ``"seed:step:i"``, so
+    a resumed run reads the same ones): augmentation that shows the model that their texts have
+    one label.
+    """
+
+    def __init__(self, equivalents: int = 1):
         from rlm_nas.convert import model_input
 
         self._convert, self._cache = model_input, {}
+        self._equivalents, self._variants = equivalents, {}
 
-    def __call__(self, item: ArchItem) -> str:
-        key = (item.space, item.arch)
+    def __call__(self, item: ArchItem, draw: str = "") -> str:
+        arch = item.arch
+        if self._equivalents > 1:
+            if (item.space, arch) not in self._variants:
+                from search_spaces import SPACE_NAMES, get_space
+
+                sp = get_space(item.space) if item.space in SPACE_NAMES else None
+                self._variants[(item.space, arch)] = [arch] if sp is None else [
+                    sp.format(g) for g in sp.equivalents(sp.parse(arch), self._equivalents)]
+            arch = random.Random(draw).choice(self._variants[(item.space, item.arch)])
+        key = (item.space, arch)
         if key not in self._cache:
-            self._cache[key] = self._convert(item.space, item.arch)
+            self._cache[key] = self._convert(item.space, arch)
         return self._cache[key]
 
 
@@ -297,7 +314,7 @@ def save_best(out: Path, rlm) -> None:
 RUN_ARGS = ("config", "encoder", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
             "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init",
-            "metric_weights")
+            "metric_weights", "equivalents")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -334,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-weights", nargs="+", default=[], metavar="PATTERN=WEIGHT",
                    help="draw these metrics' labels more (or less) often than the others, which weigh 1, when an "
                         "architecture has more than --metrics-per-arch labels (e.g. 'accuracy:*=4')")
+    p.add_argument("--equivalents", type=int, default=1,
+                   help="show each cell-space architecture as one of up to this many genotypes of its network (a node's "
+                        "two inputs swapped), drawn per step: augmentation (default: %(default)s, as given)")
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch, at most 500)")
     p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
@@ -393,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 0:
         p.error(f"--max-steps must be >= 0, got {args.max_steps}")
+    if args.equivalents < 1:
+        p.error(f"--equivalents must be >= 1 (1: each architecture as given), got {args.equivalents}")
     dist = Dist()
     try:
         run(args, dist)
@@ -445,7 +467,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     eval_items = eval_subset(val_items, args.eval_archs, args.seed)
     log(f"{len(train_items)} training architectures ({len(train_ex)} labels), {len(val_items)} validation "
         f"({len(val_ex)} labels; {len(eval_items)} scored per evaluation)")
-    texts = Texts()
+    texts = Texts(args.equivalents)
 
     # --- model ----------------------------------------------------------------------------
     config = make_config(args.config, **({"encoder": args.encoder} if args.encoder else {}))
@@ -552,7 +574,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{i}", weight)
                   for i, it in zip(chunk[dist.rank::dist.world], batch)]
         with autocast(dist.device, use_bf16):
-            loss = model(**rlm.make_batch([texts(it) for it in batch], [m for m, _ in labels], [v for _, v in labels]))
+            loss = model(**rlm.make_batch([texts(it, f"{args.seed}:{step}:{i}") for i, it in zip(chunk[dist.rank::dist.world], batch)],
+                                          [m for m, _ in labels], [v for _, v in labels]))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: training loss is {loss.item()}; lower --lr (now {args.lr})")
         loss.backward()

@@ -70,6 +70,24 @@ def test_finetune_is_bounded_in_time(checkpoint):
         finetune(rlm, [])
 
 
+@pytest.mark.filterwarnings("ignore:.*truncated.*")  # the tiny checkpoint reads 256 tokens
+def test_equivalents_show_cells_as_genotypes_of_the_same_network(checkpoint, monkeypatch):
+    from rlm_nas.convert import equivalent_inputs, model_input
+    from rlm_nas.model import RLM
+
+    darts = get_space("darts")
+    archs = [darts.format(g) for g in darts.sample(2, seed=0)]
+    examples = [Example("darts", a, "latency:pixel3", 5.0) for a in archs]
+    rlm, seen = RLM.from_pretrained(checkpoint), []
+    loss = rlm.loss
+    monkeypatch.setattr(rlm, "loss", lambda texts, *a: seen.extend(texts) or loss(texts, *a))
+    finetune(rlm, examples, steps=20, max_seconds=300, seed=0, equivalents=4)
+    allowed = {t for a in archs for t in equivalent_inputs("darts", a, 4)}
+    assert set(seen) <= allowed and len(set(seen) - {model_input("darts", a) for a in archs}) > 0
+    with pytest.raises(ValueError, match="equivalents must be a positive int .* got 0"):
+        finetune(rlm, examples, equivalents=0)
+
+
 def test_learning_rate_decays_to_a_tenth_over_the_step_budget(checkpoint, monkeypatch):
     from rlm_nas.model import RLM
 

@@ -229,3 +229,19 @@ def test_metric_weights_favour_a_metric_in_the_draw(tmp_path, capsys):
     assert metric_weights([]) is None
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--metric-weights", "accuracy:*"]) == 2
     assert "--metric-weights: 'accuracy:*' is not PATTERN=WEIGHT with a finite WEIGHT > 0" in capsys.readouterr().err
+
+
+def test_texts_with_equivalents_show_genotypes_of_the_same_network():
+    from rlm_nas.convert import equivalent_inputs, model_input
+    from rlm_nas.data import ArchItem
+    from rlm_nas.train import Texts
+
+    darts, nb201 = get_space("darts"), get_space("nb201")
+    cell = ArchItem("darts", darts.format(darts.sample(1, seed=0)[0]), ("params",), (1.0,))
+    plain = ArchItem("nb201", nb201.format(nb201.sample(1, seed=0)[0]), ("params",), (1.0,))
+    texts = Texts(equivalents=4)
+    seen = {texts(cell, f"0:{step}:0") for step in range(40)}
+    assert seen == set(equivalent_inputs("darts", cell.arch, 4)) and len(seen) == 4
+    assert texts(cell, "0:7:1") == Texts(equivalents=4)(cell, "0:7:1")  # a function of the draw: resumes exactly
+    assert {texts(plain, str(d)) for d in range(5)} == {model_input("nb201", plain.arch)}  # no symmetry: as given
+    assert {Texts()(cell, str(d)) for d in range(3)} == {model_input("darts", cell.arch)}  # default: no augmentation
