@@ -27,21 +27,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sample_count import add_validation_args, validation_examples  # noqa: E402  (the default's validation split)
 
 CELL_SPACES = ("nb301", "darts", "nasnet", "amoeba", "pnas", "enas")
-
-
-def validation_labels(data: list[str], exclude: str, synthetic: int, fraction: float, seed: int) -> dict:
-    """``{(space, metric): {arch: value}}`` of the cell spaces' validation architectures."""
-    from rlm_nas.data import split_by_arch
-    from rlm_nas.train import load_examples
-
-    _, val = split_by_arch(load_examples(data, synthetic, seed, exclude, progress=True)[0], fraction, seed)
-    out: dict = defaultdict(dict)
-    for e in val:
-        if e.space in CELL_SPACES and e.metric not in ("params", "flops"):
-            out[(e.space, e.metric)][e.arch] = e.value
-    return dict(sorted(out.items()))
 
 
 def main(argv=None) -> int:
@@ -49,12 +39,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
-    p.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data"), str(ROOT / "measurements")],
-                   help="the checkpoint's training folders (default: %(default)s)")
-    p.add_argument("--exclude", default=str(ROOT / "benchmarks" / "test_split.json"), help="the run's --exclude")
-    p.add_argument("--synthetic-per-space", type=int, default=100, help="the run's --synthetic-per-space")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="the run's --val-fraction")
-    p.add_argument("--split-seed", type=int, default=0, help="the run's --seed")
+    add_validation_args(p)
     p.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="equivalent genotypes compared")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "equivalents.md"), help="markdown report; JSON beside it")
@@ -69,7 +54,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    labels = validation_labels(args.data, args.exclude, args.synthetic_per_space, args.val_fraction, args.split_seed)
+    labels: dict = defaultdict(dict)
+    for e in validation_examples(args):
+        if e.space in CELL_SPACES and e.metric not in ("params", "flops"):
+            labels[(e.space, e.metric)][e.arch] = e.value
+    labels = dict(sorted(labels.items()))
     rlm = RLM.from_pretrained(args.checkpoint)
     rows = []
     for (space, metric), lab in labels.items():

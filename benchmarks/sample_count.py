@@ -38,17 +38,24 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from predictor_quality import TASKS, load_labels  # noqa: E402  (the quality benchmark's tasks and labels)
 
 
-def validation_archs(data: list[str], exclude: str, synthetic: int, fraction: float, seed: int) -> dict[str, list[str]]:
-    """``{space: [arch, ...]}``: the validation architectures of a first training stage run with these arguments."""
+def add_validation_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of a training run that rebuild its validation split (defaults: the default's run)."""
+    p.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data"), str(ROOT / "measurements")],
+                   help="the run's training folders (default: %(default)s)")
+    p.add_argument("--exclude", default=str(ROOT / "benchmarks" / "test_split.json"), help="the run's --exclude")
+    p.add_argument("--synthetic-per-space", type=int, default=100, help="the run's --synthetic-per-space")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the run's --val-fraction")
+    p.add_argument("--split-seed", type=int, default=0, help="the run's --seed")
+
+
+def validation_examples(args: argparse.Namespace) -> list:
+    """The validation examples of the run that :func:`add_validation_args` describes."""
     from rlm_nas.data import split_by_arch
     from rlm_nas.train import load_examples
 
     # The trainer's own loading: synthetic archs change each space's architecture set, hence the split.
-    _, val = split_by_arch(load_examples(data, synthetic, seed, exclude, progress=True)[0], fraction, seed)
-    out: dict[str, set[str]] = defaultdict(set)
-    for e in val:
-        out[e.space].add(e.arch)
-    return {s: sorted(a) for s, a in out.items()}
+    examples = load_examples(args.data, args.synthetic_per_space, args.split_seed, args.exclude, progress=True)[0]
+    return split_by_arch(examples, args.val_fraction, args.split_seed)[1]
 
 
 def main(argv=None) -> int:
@@ -56,12 +63,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
-    p.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data"), str(ROOT / "measurements")],
-                   help="the training folders of the checkpoint's first stage (default: %(default)s)")
-    p.add_argument("--exclude", default=str(ROOT / "benchmarks" / "test_split.json"), help="the stage's --exclude")
-    p.add_argument("--synthetic-per-space", type=int, default=100, help="the stage's --synthetic-per-space")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="the stage's --val-fraction")
-    p.add_argument("--split-seed", type=int, default=0, help="the first stage's --seed")
+    add_validation_args(p)
     p.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32, 64], help="sample counts compared")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -78,7 +80,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    val = validation_archs(args.data, args.exclude, args.synthetic_per_space, args.val_fraction, args.split_seed)
+    val: dict[str, set[str]] = defaultdict(set)
+    for e in validation_examples(args):
+        val[e.space].add(e.arch)
+    val = {s: sorted(a) for s, a in val.items()}
     labels = load_labels(Path(args.data[0]), TASKS)
     rlm = RLM.from_pretrained(args.checkpoint)
     k_max = max(args.counts)
