@@ -89,3 +89,27 @@ def test_unknown_space_lists_spaces(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "nb202" in err and "nb201" in err and "fbnet" in err
+
+
+@pytest.mark.filterwarnings("ignore:.*truncated.*")  # the tiny checkpoint reads 256 tokens
+def test_cell_spaces_average_equivalent_genotypes(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+    darts = get_space("darts")
+    archs = [darts.format(g) for g in darts.sample(2, seed=0)]
+    src = tmp_path / "darts.txt"
+    src.write_text("\n".join(archs) + "\n")
+
+    def median(*flags):
+        out = tmp_path / "pred.csv"
+        assert main(["--space", "darts", "--metric", "params", "--checkpoint", tiny_checkpoint, "--input", str(src),
+                     "--output", str(out), "--samples", "1", "--no-progress", *flags]) == 0
+        return [float(r["median"]) for r in csv.DictReader(out.open())]
+
+    rlm = RLM.from_pretrained(tiny_checkpoint)
+    expected = [rlm.predict(darts.equivalents(darts.parse(a), 8), ["params"], space="darts", num_samples=1).median.mean()
+                for a in archs]
+    assert median() == pytest.approx(expected, rel=1e-5)  # default: 8 genotypes of each network
+    assert median("--equivalents", "1") == pytest.approx(
+        rlm.predict(archs, ["params"], space="darts", num_samples=1).median[:, 0], rel=1e-5)
+    with pytest.raises(SystemExit):
+        median("--equivalents", "0")
+    assert "--equivalents must be >= 1, got 0" in capsys.readouterr().err
