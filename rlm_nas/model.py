@@ -360,9 +360,9 @@ class RLM:
             name = getattr(space, "name", space)
             if name not in allowed:
                 raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(allowed)}")
-            from rlm_nas.convert import equivalent_inputs
-
             from tqdm.auto import tqdm
+
+            from rlm_nas.convert import equivalent_inputs
 
             # Export + canonical text is the slow part for uncached genotypes: it gets its own bar.
             groups = [equivalent_inputs(name, x, equivalents)
