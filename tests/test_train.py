@@ -245,3 +245,21 @@ def test_texts_with_equivalents_show_genotypes_of_the_same_network():
     assert texts(cell, "0:7:1") == Texts(equivalents=4)(cell, "0:7:1")  # a function of the draw: resumes exactly
     assert {texts(plain, str(d)) for d in range(5)} == {model_input("nb201", plain.arch)}  # no symmetry: as given
     assert {Texts()(cell, str(d)) for d in range(3)} == {model_input("darts", cell.arch)}  # default: no augmentation
+
+
+@pytest.mark.filterwarnings("ignore:.*truncated.*")
+def test_equivalents_augment_cell_spaces_deterministically(tmp_path):
+    darts = get_space("darts")
+    rows = ["space,arch,metric,value"]
+    for g in darts.sample(20, seed=0):
+        a = darts.format(g)
+        rows.append(f'darts,"{a.replace(chr(34), chr(34) * 2)}",latency:toy,{1 + a.count("sep_conv")}')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toy.csv").write_text("\n".join(rows) + "\n")
+    run = lambda out, *extra: main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / out), *ARGS, *extra])  # noqa: E731
+    assert run("a", "--equivalents", "4") == 0 and run("b", "--equivalents", "4") == 0 and run("plain") == 0
+    assert same_weights(tmp_path / "a" / "last", tmp_path / "b" / "last")  # the draws are a function of seed and step
+    assert not same_weights(tmp_path / "a" / "last", tmp_path / "plain" / "last")  # and they are other genotypes' texts
+    with pytest.raises(SystemExit) as e:
+        run("bad", "--equivalents", "0")
+    assert e.value.code == 2
