@@ -46,15 +46,20 @@ def model_input(space: Any, arch: Any) -> str:
     return _from_native(space, get_space(space).format(arch))
 
 
+def equivalent_archs(space: Any, arch: Any, n: int, seed: int = 0) -> list[str]:
+    """Native strings of ``arch`` (a genotype or native string) and of up to ``n - 1`` other
+    genotypes of the same network (:meth:`search_spaces.base.Space.equivalents`)."""
+    sp = get_space(_check_space_name(space))
+    genotype = sp.parse(arch) if isinstance(arch, str) else arch
+    return [sp.format(g) for g in sp.equivalents(genotype, n, seed)]
+
+
 def equivalent_inputs(space: Any, arch: Any, n: int, seed: int = 0) -> list[str]:
-    """Model inputs of ``arch`` and of up to ``n - 1`` other genotypes of the same network
-    (:meth:`search_spaces.base.Space.equivalents`); ONNX models and texts have only their own."""
+    """Model inputs of :func:`equivalent_archs`; ONNX models and texts have only their own."""
     space = _check_space_name(space)
     if n <= 1 or type(arch).__name__ == "ModelProto" or (isinstance(arch, str) and "\n" in arch):
         return [model_input(space, arch)]
-    sp = get_space(space)
-    genotype = sp.parse(arch) if isinstance(arch, str) else arch
-    return [_from_native(space, sp.format(g)) for g in sp.equivalents(genotype, n, seed)]
+    return [_from_native(space, a) for a in equivalent_archs(space, arch, n, seed)]
 
 
 def clear_cache() -> None:

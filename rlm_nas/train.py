@@ -137,7 +137,6 @@ class Texts:
     """Model-input texts of architectures, converted on first use (conversion is the slow part of
     the pipeline, so it is spread over the first epoch instead of blocking the start).
 
-
     With ``equivalents`` > 1 a call reads one of up to that many genotypes of the item's network
     (:meth:`search_spaces.base.Space.equivalents`), picked by ``draw`` (e.g. ``"seed:step:i"``, so
     a resumed run reads the same ones): augmentation that shows the model that their texts have
@@ -145,21 +144,18 @@ class Texts:
     """
 
     def __init__(self, equivalents: int = 1):
-        from rlm_nas.convert import model_input
+        from rlm_nas.convert import equivalent_archs, model_input
 
         self._convert, self._cache = model_input, {}
-        self._equivalents, self._variants = equivalents, {}
+        self._equivalents, self._variants, self._equivalent_archs = equivalents, {}, equivalent_archs
 
     def __call__(self, item: ArchItem, draw: str = "") -> str:
         arch = item.arch
         if self._equivalents > 1:
-            if (item.space, arch) not in self._variants:
-                from search_spaces import SPACE_NAMES, get_space
-
-                sp = get_space(item.space) if item.space in SPACE_NAMES else None
-                self._variants[(item.space, arch)] = [arch] if sp is None else [
-                    sp.format(g) for g in sp.equivalents(sp.parse(arch), self._equivalents)]
-            arch = random.Random(draw).choice(self._variants[(item.space, item.arch)])
+            key = (item.space, arch)
+            if key not in self._variants:  # native strings only: each is converted when first drawn
+                self._variants[key] = self._equivalent_archs(item.space, arch, self._equivalents)
+            arch = random.Random(draw).choice(self._variants[key])
         key = (item.space, arch)
         if key not in self._cache:
             self._cache[key] = self._convert(item.space, arch)
