@@ -15,6 +15,10 @@ training rows is the "all" column and is not repeated.
 Methods, scored by Spearman and Kendall-tau (tau-b) of their prediction on the test rows:
 
 * ``lightgbm``: LightGBM regression on ``space.one_hot`` (fixed hyper-parameters :data:`LGBM`).
+* ``ridge``: a linear model on the same one-hot encoding (scikit-learn's ``RidgeCV``, its penalty
+  chosen among :data:`RIDGE_ALPHAS` by leave-one-out on the training rows). A latency that is a
+  sum of per-layer costs, as the lookup-table devices' are (HW-NAS-Bench's pixel3, eyeriss, raspi4
+  and fpga), is linear in that encoding, so this is the baseline to beat on FBNet.
 * ``flops`` / ``params``: exact counts of our network (``search_spaces.profile`` on
   ``space.build``, meta device), with the sign chosen on the training rows (the sign of their
   Spearman with the label). For the "all" column the sign is chosen on the first
@@ -58,6 +62,7 @@ TARGETS = ([("nb201", f"latency:{d}", "spearman", 0.97) for d in ("pixel3", "eye
            + [("nb301", "accuracy:cifar10", "kendall", 0.55)])
 LGBM = dict(n_estimators=500, learning_rate=0.05, num_leaves=31, min_child_samples=5, subsample=1.0,
             colsample_bytree=1.0, n_jobs=1, verbose=-1)
+RIDGE_ALPHAS = tuple(np.logspace(-3, 3, 13))
 SIGN_ROWS = 1000
 #: rlm-ft settings. The learning rate was chosen among three on FBNet's TEST architectures (all
 #: 4,000 training archs x 8 devices, 480 s on 2 threads; mean Spearman of the 8 devices: default
@@ -70,7 +75,7 @@ SIGN_ROWS = 1000
 #: archs with these settings, test untouched: Kendall-tau 0.403 / 0.471 without it (scored with 1 / 8
 #: equivalents), 0.571 / 0.588 with it; the default itself 0.422 / 0.529 (an ad-hoc script).
 FINETUNE_LR, FINETUNE_BATCH, FINETUNE_EPOCHS = 5e-4, 16, 30.0
-BASELINES = ("lightgbm", "flops", "params")
+BASELINES = ("lightgbm", "ridge", "flops", "params")
 #: Chosen on the default's validation archs, never the test split (benchmarks/sample_count.py):
 #: the median of 64 random samples ranked better than that of 8 on 19/20 tasks (+0.007 Spearman on
 #: average for the shipped default, +0.023 for the T5 one); 64 quantile draws (their median is
@@ -144,6 +149,16 @@ def lightgbm(space, train: list[str], y: list[float], test: list[str], seed: int
     feats = lambda archs: np.stack([sp.one_hot(sp.parse(a)) for a in archs])  # noqa: E731
     model = lgb.LGBMRegressor(**LGBM, random_state=seed).fit(feats(train), np.asarray(y))
     return model.predict(feats(test))
+
+
+def ridge(space, train: list[str], y: list[float], test: list[str]) -> np.ndarray:
+    from sklearn.linear_model import RidgeCV
+
+    from search_spaces import get_space
+
+    sp = get_space(space)
+    feats = lambda archs: np.stack([sp.one_hot(sp.parse(a)) for a in archs])  # noqa: E731
+    return RidgeCV(alphas=RIDGE_ALPHAS).fit(feats(train), np.asarray(y)).predict(feats(test))
 
 
 def signed(values: dict, key: int, space: str, train: list[str], y: list[float], test: list[str]) -> tuple[np.ndarray, int]:
@@ -346,6 +361,8 @@ def main(argv=None) -> int:
         y = [labels[(space, metric)][a] for a in train]
         t = time.monotonic()
         add(space, metric, size, train, "lightgbm", lightgbm(space, train, y, tests[space], args.seed), time.monotonic() - t)
+        t = time.monotonic()
+        add(space, metric, size, train, "ridge", ridge(space, train, y, tests[space]), time.monotonic() - t)
         for key, name in enumerate(("flops", "params")):
             k = min(len(train), SIGN_ROWS)
             pred, sign = signed(counts, key, space, train[:k], y[:k], tests[space])
