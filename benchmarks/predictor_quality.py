@@ -140,25 +140,24 @@ def scores(y, p) -> tuple[float | None, float | None]:
 
 
 # --- methods ------------------------------------------------------------------------------------
-def lightgbm(space, train: list[str], y: list[float], test: list[str], seed: int) -> np.ndarray:
+def one_hot(space: str, archs: list[str]) -> np.ndarray:
+    """``space.one_hot`` of each native string: the encoding both fitted baselines read."""
+    from search_spaces import get_space
+
+    sp = get_space(space)
+    return np.stack([sp.one_hot(sp.parse(a)) for a in archs])
+
+
+def lightgbm(x: np.ndarray, y: list[float], x_test: np.ndarray, seed: int) -> np.ndarray:
     import lightgbm as lgb
 
-    from search_spaces import get_space
-
-    sp = get_space(space)
-    feats = lambda archs: np.stack([sp.one_hot(sp.parse(a)) for a in archs])  # noqa: E731
-    model = lgb.LGBMRegressor(**LGBM, random_state=seed).fit(feats(train), np.asarray(y))
-    return model.predict(feats(test))
+    return lgb.LGBMRegressor(**LGBM, random_state=seed).fit(x, np.asarray(y)).predict(x_test)
 
 
-def ridge(space, train: list[str], y: list[float], test: list[str]) -> np.ndarray:
+def ridge(x: np.ndarray, y: list[float], x_test: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import RidgeCV
 
-    from search_spaces import get_space
-
-    sp = get_space(space)
-    feats = lambda archs: np.stack([sp.one_hot(sp.parse(a)) for a in archs])  # noqa: E731
-    return RidgeCV(alphas=RIDGE_ALPHAS).fit(feats(train), np.asarray(y)).predict(feats(test))
+    return RidgeCV(alphas=RIDGE_ALPHAS).fit(x, np.asarray(y)).predict(x_test)
 
 
 def signed(values: dict, key: int, space: str, train: list[str], y: list[float], test: list[str]) -> tuple[np.ndarray, int]:
@@ -357,12 +356,14 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    test_x = {s: one_hot(s, tests[s]) for s in spaces}
     for space, metric, size, train in tqdm(plan, desc="baselines", leave=False):
         y = [labels[(space, metric)][a] for a in train]
+        x = one_hot(space, train)  # once for both fitted baselines
         t = time.monotonic()
-        add(space, metric, size, train, "lightgbm", lightgbm(space, train, y, tests[space], args.seed), time.monotonic() - t)
+        add(space, metric, size, train, "lightgbm", lightgbm(x, y, test_x[space], args.seed), time.monotonic() - t)
         t = time.monotonic()
-        add(space, metric, size, train, "ridge", ridge(space, train, y, tests[space]), time.monotonic() - t)
+        add(space, metric, size, train, "ridge", ridge(x, y, test_x[space]), time.monotonic() - t)
         for key, name in enumerate(("flops", "params")):
             k = min(len(train), SIGN_ROWS)
             pred, sign = signed(counts, key, space, train[:k], y[:k], tests[space])
