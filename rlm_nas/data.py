@@ -403,28 +403,30 @@ def load_arch_values(path: str | Path, space: str, metric: str) -> Loaded:
 
 
 # --- synthetic exact params/flops ---------------------------------------------------------------
-def synthetic_complexity(spaces=None, per_space: int = 100, seed: int = 0, progress: bool = True) -> Loaded:
+def synthetic_complexity(spaces=None, per_space: int = 100, seed: int = 0, progress: bool = True,
+                         map_shards=None) -> Loaded:
     """Exact ``params`` and ``flops`` of ``per_space`` sampled architectures of each space.
 
-    Counts come from :func:`search_spaces.profile.genotype_counts` (meta-device builds).
+    Counts come from :func:`search_spaces.profile.genotype_counts`. ``map_shards(fn, items)``
+    (e.g. the trainer's ``Dist.map_shards``) may spread the counting over processes; it must
+    return ``fn(items)``.
     """
     from tqdm.auto import tqdm
 
     from search_spaces import SPACE_NAMES
     from search_spaces.profile import genotype_counts
 
-    names = list(spaces or SPACE_NAMES)
+    chosen = [_space(name, "synthetic_complexity") for name in (spaces or SPACE_NAMES)]
+    jobs = [(space, g) for space in chosen for g in space.sample(per_space, seed=seed)]
     out = Loaded("synthetic params/flops", note=f"{per_space} sampled architectures per space, seed {seed}")
-    bar = tqdm(total=per_space * len(names), desc="params/flops", disable=not progress, leave=False)
-    for name in names:
-        space = _space(name, "synthetic_complexity")
-        for g in space.sample(per_space, seed=seed):
-            flops, params = genotype_counts(space, g)
-            arch = space.format(g)
-            out.examples += [Example(name, arch, "params", float(params)),
-                             Example(name, arch, "flops", float(flops))]
-            bar.update(1)
-    bar.close()
+
+    def count(part: list) -> list[tuple[int, int]]:
+        return [genotype_counts(space, g) for space, g in tqdm(part, desc="params/flops", disable=not progress, leave=False)]
+
+    for (space, g), (flops, params) in zip(jobs, map_shards(count, jobs) if map_shards else count(jobs)):
+        arch = space.format(g)
+        out.examples += [Example(space.name, arch, "params", float(params)),
+                         Example(space.name, arch, "flops", float(flops))]
     return out
 
 

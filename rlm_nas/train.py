@@ -177,11 +177,12 @@ def eval_subset(items: list[ArchItem], per_space: int, seed: int) -> list[ArchIt
     return out
 
 
-def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0) -> list[dict]:
+def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0, map_shards=None) -> list[dict]:
     """Spearman and Kendall-tau of the predicted median per (space, metric) over ``items``.
 
     Pairs with fewer than 3 labelled architectures or constant labels/predictions get ``None``
-    scores (a rank correlation is undefined there), never NaN.
+    scores (a rank correlation is undefined there), never NaN. ``map_shards`` (e.g.
+    :meth:`Dist.map_shards`) spreads the predictions over processes.
     """
     from scipy.stats import kendalltau, spearmanr
 
@@ -191,7 +192,12 @@ def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0) ->
         metrics = sorted({m for it in group for m in it.metrics})
         # Quantile draws: with one, the median of the model's distribution in one decoder pass
         # (as cheap as greedy decoding, and it ranks better: benchmarks/results/sample_count.md).
-        pred = rlm.predict([it.arch for it in group], metrics, space=space, num_samples=num_samples, seed=seed).median
+        def medians(part: list[ArchItem]) -> list:
+            if not part:  # a process's share of a small group
+                return []
+            return list(rlm.predict([it.arch for it in part], metrics, space=space, num_samples=num_samples, seed=seed).median)
+
+        pred = np.array(map_shards(medians, group) if map_shards else medians(group))
         for j, metric in enumerate(metrics):
             have = [(i, it.values[it.metrics.index(metric)]) for i, it in enumerate(group) if metric in it.metrics]
             y = np.array([v for _, v in have])
@@ -247,6 +253,19 @@ class Dist:
         t = torch.tensor([int(flag)], device=self.device)
         self.dist.broadcast(t, 0)
         return bool(t.item())
+
+    def map_shards(self, fn, items: list) -> list:
+        """``fn(items)`` (a list of per-item results), computed by each process on every
+        ``world``-th item and gathered in order: the work before training (exact counts) and the
+        validation passes would otherwise run on one process while the others wait."""
+        if self.world == 1:
+            return list(fn(items))
+        parts = [None] * self.world
+        self.dist.all_gather_object(parts, list(fn(items[self.rank::self.world])))
+        out = [None] * len(items)
+        for r, part in enumerate(parts):
+            out[r::self.world] = part
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -375,13 +394,14 @@ def read_archs(path: str) -> set[tuple[str, str]]:
 
 def load_examples(data: list[str], synthetic_per_space: int = 0, seed: int = 0, exclude: str | None = None,
                   exclude_metrics: Sequence[str] = (), progress: bool = False,
-                  log=lambda *a: None) -> tuple[list[Example], list[dict]]:
+                  log=lambda *a: None, map_shards=None) -> tuple[list[Example], list[dict]]:
     """Every example a run with these arguments trains and validates on, before its split, and the
     loading report of its sources (the run's ``metrics.json`` keeps it as ``sources``).
 
     The folders of ``data``; ``synthetic_per_space`` sampled architectures per space with exact
     params/flops (``seed``); then the architectures of ``exclude`` and the metrics matching
     ``exclude_metrics`` left out. Benchmarks call it to rebuild a run's validation split.
+    ``map_shards``: see :func:`rlm_nas.data.synthetic_complexity`.
     """
     examples, report = [], []
     for folder in data:
@@ -389,7 +409,7 @@ def load_examples(data: list[str], synthetic_per_space: int = 0, seed: int = 0, 
         examples += found
         report += found_report
     if synthetic_per_space:
-        syn = synthetic_complexity(per_space=synthetic_per_space, seed=seed, progress=progress)
+        syn = synthetic_complexity(per_space=synthetic_per_space, seed=seed, progress=progress, map_shards=map_shards)
         examples += syn.examples
         report.append(syn.summary())
     log(format_report(report))
@@ -449,7 +469,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
 
     # --- data -----------------------------------------------------------------------------
     examples, report = load_examples(args.data, args.synthetic_per_space, args.seed, args.exclude, args.exclude_metrics,
-                                     progress=dist.main and not args.no_progress, log=log)
+                                     progress=dist.main and not args.no_progress, log=log, map_shards=dist.map_shards)
     if state:
         held = {tuple(a) for a in state["val_archs"]}
         train_ex, val_ex = hold_out(examples, held)
@@ -527,24 +547,27 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         dist.barrier()
 
     def validate() -> bool:
-        """Score on validation (rank 0), keep the best model; True when patience ran out."""
+        """Score on validation, keep the best model; True when patience ran out. The processes
+        share the predictions, so each holds the same scores and takes the same decision."""
         nonlocal best, bad_evals
-        if dist.main and eval_items:
-            module.eval()
-            with torch.no_grad(), autocast(dist.device, use_bf16):
-                rows = evaluate(rlm, eval_items, args.eval_samples, args.seed)
-            module.train()
-            score = mean_spearman(rows)
-            history.append({"step": step, "mean_spearman": score, "loss": running})
-            improved = best is None or score > best["mean_spearman"]
-            log(f"step {step}: val mean Spearman {score:.4f}" + (" (best)" if improved else f" (best {best['mean_spearman']:.4f})"))
-            if improved:
-                best = {"step": step, "mean_spearman": score, "rows": rows}
-                bad_evals = 0
+        if not eval_items:
+            return False
+        module.eval()
+        with torch.no_grad(), autocast(dist.device, use_bf16):
+            rows = evaluate(rlm, eval_items, args.eval_samples, args.seed, dist.map_shards)
+        module.train()
+        score = mean_spearman(rows)
+        history.append({"step": step, "mean_spearman": score, "loss": running})
+        improved = best is None or score > best["mean_spearman"]
+        log(f"step {step}: val mean Spearman {score:.4f}" + (" (best)" if improved else f" (best {best['mean_spearman']:.4f})"))
+        if improved:
+            best = {"step": step, "mean_spearman": score, "rows": rows}
+            bad_evals = 0
+            if dist.main:
                 save_best(out, rlm)
-            else:
-                bad_evals += 1
-        return dist.broadcast_flag(bad_evals >= args.patience)
+        else:
+            bad_evals += 1
+        return bad_evals >= args.patience
 
     # --- loop -----------------------------------------------------------------------------
     module.train()

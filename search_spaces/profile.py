@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 
 def count_params(module: nn.Module) -> int:
@@ -38,10 +37,10 @@ def _macs_hook(counter: list[int]):
 def count_flops(module: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> int:
     """Multiply-accumulates of one forward pass on one ``input_shape`` image (batch dim excluded).
 
-    The forward runs on the ``meta`` device (shapes only, no arithmetic, the module's own tensors
-    untouched) and falls back to a real zero image when the module's forward creates CPU tensors
-    that cannot mix with meta ones. The module is put in eval mode for the pass (a batch of one
-    cannot go through BatchNorm in training mode) and its mode is restored afterwards.
+    The pass is a real one, on a zero image on the module's device: for these networks at batch 1
+    it is 2-5x faster than a ``meta``-device pass, whose shape functions run in Python. The module
+    is put in eval mode for the pass (a batch of one cannot go through BatchNorm in training mode)
+    and its mode is restored afterwards.
     """
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
@@ -55,16 +54,9 @@ def count_flops(module: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> 
     was_training = module.training
     module.eval()
     try:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
         with torch.no_grad():
-            try:
-                # Replacing parameters and buffers by meta tensors of the same shape makes the
-                # pass cost nothing but Python, whatever the network's size.
-                meta = {k: torch.empty_like(v, device="meta") for k, v in module.state_dict(keep_vars=True).items()}
-                functional_call(module, meta, (torch.zeros((1, *shape), device="meta"),))
-            except (RuntimeError, NotImplementedError, TypeError):
-                counter[0] = 0  # a partial meta pass may have counted some layers already
-                device = next((p.device for p in module.parameters()), torch.device("cpu"))
-                module(torch.zeros((1, *shape), device=device))
+            module(torch.zeros((1, *shape), device=device))
     finally:
         for h in handles:
             h.remove()
@@ -73,16 +65,7 @@ def count_flops(module: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> 
 
 
 def genotype_counts(space, genotype) -> tuple[int, int]:
-    """``(flops, params)`` of ``space.build(genotype)``, exact (see the module docstring).
-
-    The network is built on the ``meta`` device (shapes only: nothing allocated or initialised),
-    falling back to CPU for a builder or forward that cannot run there.
-    """
-    try:
-        with torch.device("meta"):
-            net = space.build(genotype)
-        flops = count_flops(net, space.input_shape)
-    except (RuntimeError, NotImplementedError, TypeError):
+    """``(flops, params)`` of ``space.build(genotype)``, exact (see the module docstring)."""
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the caller's RNG stream
         net = space.build(genotype)
-        flops = count_flops(net, space.input_shape)
-    return flops, count_params(net)
+    return count_flops(net, space.input_shape), count_params(net)

@@ -178,13 +178,22 @@ def test_zero_steps_scores_the_init_weights_unchanged(reference, data, tmp_path)
 def test_ddp_two_gloo_processes(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlm_nas.train",
-           "--data", str(data), "--out", str(out), *ARGS, "--max-steps", "3", "--eval-every", "3"]
+           "--data", str(data), "--out", str(out), *ARGS, "--max-steps", "3", "--eval-every", "3", "--synthetic-per-space", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout and "steps of 16 architectures" in res.stdout
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert ddp["steps"] == 3
     assert (out / "model.safetensors").is_file()
+    # The two processes split the exact counts and the validation predictions between them; one
+    # process scoring the same weights on the same split gets the same counts and the same scores.
+    solo = tmp_path / "solo"
+    assert main(["--data", str(data), "--out", str(solo), *ARGS, "--synthetic-per-space", "2", "--init", str(out),
+                 "--max-steps", "0", "--holdout", str(out / "metrics.json")]) == 0
+    one = json.loads((solo / "metrics.json").read_text())
+    assert one["sources"] == ddp["sources"]
+    assert len(ddp["val"]) > 2 and one["val"] == ddp["val"]
 
 
 def test_bad_data_is_a_clear_error(tmp_path, capsys):
