@@ -20,7 +20,7 @@ Methods, scored by Spearman and Kendall-tau (tau-b) of their prediction on the t
   sum of per-layer costs, as the lookup-table devices' are (HW-NAS-Bench's pixel3, eyeriss, raspi4
   and fpga), is linear in that encoding, so this is the baseline to beat on FBNet.
 * ``flops`` / ``params``: exact counts of our network (``search_spaces.profile`` on
-  ``space.build``, meta device), with the sign chosen on the training rows (the sign of their
+  ``space.build``), with the sign chosen on the training rows (the sign of their
   Spearman with the label). For the "all" column the sign is chosen on the first
   :data:`SIGN_ROWS` training rows of the order (counting every network costs ~0.1 s).
 * ``rlm``: the checkpoint's median of ``--samples`` draws (``--draws``: the model's quantiles,
@@ -104,7 +104,7 @@ def load_labels(data: Path, tasks) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def complexity(job: tuple[str, str]) -> tuple[float, float]:
-    """(flops, params) of our network for ``(space, arch)``: meta-device build, exact counts."""
+    """(flops, params) of our network for ``(space, arch)``: exact counts."""
     import torch
 
     from search_spaces import get_space
