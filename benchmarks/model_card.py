@@ -65,7 +65,7 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores
         "## Held-out quality per (space, metric)",
         "",
         "Validation architectures of the training run, scored as its trainer did (the model's median, one",
-        "quantile draw; trainers before 2026-11-25 decoded greedily, which ranks worse: on 19 of the 20",
+        "quantile draw; trainers before 2026-11-25 decoded greedily, which ranks worse: on all 20",
         "benchmarked tasks for this model, `benchmarks/sample_count.py`). The test-split figures against baselines are in",
         "`benchmarks/RESULTS.md`. Pairs not listed have no training data: predictions for them are flagged",
         "`extrapolated`. In the cell spaces (the NDS ones and `nb301`), averaging 8 genotypes of the same network",
