@@ -193,8 +193,6 @@ def evaluate(rlm, items: list[ArchItem], num_samples: int = 1, seed: int = 0, ma
         # Quantile draws: with one, the median of the model's distribution in one decoder pass
         # (as cheap as greedy decoding, and it ranks better: benchmarks/results/sample_count.md).
         def medians(part: list[ArchItem]) -> list:
-            if not part:  # a process's share of a small group
-                return []
             return list(rlm.predict([it.arch for it in part], metrics, space=space, num_samples=num_samples, seed=seed).median)
 
         pred = np.array(map_shards(medians, group) if map_shards else medians(group))
@@ -260,8 +258,10 @@ class Dist:
         validation passes would otherwise run on one process while the others wait."""
         if self.world == 1:
             return list(fn(items))
+        share = items[self.rank::self.world]
         parts = [None] * self.world
-        self.dist.all_gather_object(parts, list(fn(items[self.rank::self.world])))
+        # A small list leaves some processes nothing: fn is not called on an empty share.
+        self.dist.all_gather_object(parts, list(fn(share)) if share else [])
         out = [None] * len(items)
         for r, part in enumerate(parts):
             out[r::self.world] = part
