@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -94,6 +94,19 @@ def metric_weights(specs: Sequence[str]):
     if not rules:
         return None
     return lambda metric: next((w for pat, w in rules if fnmatch.fnmatchcase(metric, pat)), 1.0)
+
+
+def space_repeats(specs: Sequence[str], spaces: Iterable[str]) -> dict[str, int]:
+    """``["nb301=16", ...]`` (space = times each of its architectures appears per epoch; others
+    appear once) as a dict, checked against the training ``spaces``."""
+    known, repeats = sorted(set(spaces)), {}
+    for spec in specs:
+        space, _, n = spec.rpartition("=")
+        if space not in known or not n.isdigit() or int(n) < 1:
+            raise DataError(f"--space-repeats: {spec!r} is not SPACE=N with N a whole number >= 1 and SPACE one of "
+                            f"the training spaces: {', '.join(known)}")
+        repeats[space] = int(n)
+    return repeats
 
 
 def batch_order(spaces: Sequence[str], per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -329,7 +342,7 @@ def save_best(out: Path, rlm) -> None:
 RUN_ARGS = ("config", "encoder", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
             "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init",
-            "metric_weights", "equivalents")
+            "metric_weights", "equivalents", "space_repeats")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -369,6 +382,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--equivalents", type=int, default=1,
                    help="show each cell-space architecture as one of up to this many genotypes of its network (a node's "
                         "two inputs swapped), drawn per step: augmentation (default: %(default)s, as given)")
+    p.add_argument("--space-repeats", nargs="+", default=[], metavar="SPACE=N",
+                   help="show each architecture of SPACE N times per epoch, others once: more steps for a small "
+                        "space (e.g. 'nb301=16': 480 architectures, against ~12K of nb201)")
     p.add_argument("--synthetic-per-space", type=int, default=0, help="sampled architectures per space with exact params/flops added")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch, at most 500)")
     p.add_argument("--eval-archs", type=int, default=128, help="validation architectures per space used to score")
@@ -512,7 +528,11 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     per_step = args.batch_size * dist.world
-    steps_per_epoch = math.ceil(len(train_items) / per_step)
+    # An epoch's slots: training item indices, a space's repeated. A slot's position (not its item)
+    # keys its label draw and genotype, so the copies of an item differ; without repeats they agree.
+    repeats = space_repeats(args.space_repeats, (it.space for it in train_items))
+    slots = [i for i, it in enumerate(train_items) for _ in range(repeats.get(it.space, 1))]
+    steps_per_epoch = math.ceil(len(slots) / per_step)
     total = args.max_steps if args.max_steps is not None else max(1, round(args.epochs * steps_per_epoch))
     # Capped: a CPU run stopped by --max-minutes may see only a few hundred steps of a long schedule.
     warmup = args.warmup if args.warmup is not None else max(1, min(200, total // 20))
@@ -529,10 +549,10 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         f"{total} steps of {per_step} architectures ({steps_per_epoch}/epoch), {'bf16' if use_bf16 else 'fp32'} on {dist.device}, "
         f"{dist.world} process(es)")
 
-    item_spaces = [it.space for it in train_items]
+    slot_spaces = [train_items[i].space for i in slots]
 
     def order(epoch: int) -> np.ndarray:
-        return batch_order(item_spaces, per_step, args.seed, epoch)
+        return batch_order(slot_spaces, per_step, args.seed, epoch)
 
     def checkpoint() -> None:
         if dist.main:
@@ -589,11 +609,11 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         chunk = order(epoch)[pos * per_step:(pos + 1) * per_step]
-        batch = [train_items[i] for i in chunk[dist.rank::dist.world]]
-        labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{i}", weight)
-                  for i, it in zip(chunk[dist.rank::dist.world], batch)]
+        mine = chunk[dist.rank::dist.world]
+        batch = [train_items[slots[j]] for j in mine]
+        labels = [metric_subset(it, args.metrics_per_arch, f"{args.seed}:{step}:{j}", weight) for j, it in zip(mine, batch)]
         with autocast(dist.device, use_bf16):
-            loss = model(**rlm.make_batch([texts(it, f"{args.seed}:{step}:{i}") for i, it in zip(chunk[dist.rank::dist.world], batch)],
+            loss = model(**rlm.make_batch([texts(it, f"{args.seed}:{step}:{j}") for j, it in zip(mine, batch)],
                                           [m for m, _ in labels], [v for _, v in labels]))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: training loss is {loss.item()}; lower --lr (now {args.lr})")

@@ -216,6 +216,21 @@ def test_batch_order_keeps_batches_within_a_space():
     assert (batch_order(spaces, 8, seed=0, epoch=1) != order).any()
 
 
+def test_space_repeats_show_a_space_more_often(data, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "rep"
+    # 36 training architectures shown 3 times: 108 slots, 14 steps of 8 per epoch instead of 5.
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001", "--space-repeats", "nb201=3"]) == 0
+    assert "(14/epoch)" in capsys.readouterr().out
+    state = torch.load(out / "last" / "state.pt", weights_only=False)
+    assert state["args"]["space_repeats"] == ["nb201=3"]  # --resume keeps them
+    assert sorted(state["data_order"]["permutation"]) == list(range(108))
+    assert main(["--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, "--space-repeats", "darts=2"]) == 2
+    assert "--space-repeats: 'darts=2' is not SPACE=N with N a whole number >= 1 and SPACE one of the training spaces: nb201" \
+        in capsys.readouterr().err
+
+
 def test_metric_weights_favour_a_metric_in_the_draw(tmp_path, capsys):
     from rlm_nas.data import ArchItem
     from rlm_nas.train import metric_subset, metric_weights
