@@ -496,6 +496,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     train_items, val_items = group_by_arch(train_ex), group_by_arch(val_ex)
     if not train_items:
         raise DataError(f"{' '.join(args.data)}: no training architectures left after holding out validation")
+    repeats = space_repeats(args.space_repeats, (it.space for it in train_items))  # checked before the slow part
     eval_items = eval_subset(val_items, args.eval_archs, args.seed)
     log(f"{len(train_items)} training architectures ({len(train_ex)} labels), {len(val_items)} validation "
         f"({len(val_ex)} labels; {len(eval_items)} scored per evaluation)")
@@ -530,7 +531,6 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     per_step = args.batch_size * dist.world
     # An epoch's slots: training item indices, a space's repeated. A slot's position (not its item)
     # keys its label draw and genotype, so the copies of an item differ; without repeats they agree.
-    repeats = space_repeats(args.space_repeats, (it.space for it in train_items))
     slots = [i for i, it in enumerate(train_items) for _ in range(repeats.get(it.space, 1))]
     steps_per_epoch = math.ceil(len(slots) / per_step)
     total = args.max_steps if args.max_steps is not None else max(1, round(args.epochs * steps_per_epoch))
