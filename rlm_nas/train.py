@@ -159,8 +159,9 @@ class Texts:
     def __init__(self, equivalents: int = 1):
         from rlm_nas.convert import equivalent_archs, model_input
 
-        self._convert, self._cache = model_input, {}
+        self._convert, self._cache, self._fresh = model_input, {}, {}
         self._equivalents, self._variants, self._equivalent_archs = equivalents, {}, equivalent_archs
+        self.converted = 0  #: texts this process converted (the rest came from :meth:`share`)
 
     def __call__(self, item: ArchItem, draw: str = "") -> str:
         arch = item.arch
@@ -171,8 +172,20 @@ class Texts:
             arch = random.Random(draw).choice(self._variants[key])
         key = (item.space, arch)
         if key not in self._cache:
-            self._cache[key] = self._convert(item.space, arch)
+            self._cache[key] = self._fresh[key] = self._convert(item.space, arch)
+            self.converted += 1
         return self._cache[key]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def share(self, all_gather) -> None:
+        """Swap the texts converted since the last call with the other processes (``all_gather``:
+        :meth:`Dist.all_gather`). A process takes a different share of the architectures each
+        epoch, so without this every process would convert nearly every text of a long run."""
+        for part in all_gather(self._fresh):
+            self._cache.update(part)
+        self._fresh = {}
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -272,13 +285,20 @@ class Dist:
         if self.world == 1:
             return list(fn(items))
         share = items[self.rank::self.world]
-        parts = [None] * self.world
         # A small list leaves some processes nothing: fn is not called on an empty share.
-        self.dist.all_gather_object(parts, list(fn(share)) if share else [])
+        parts = self.all_gather(list(fn(share)) if share else [])
         out = [None] * len(items)
         for r, part in enumerate(parts):
             out[r::self.world] = part
         return out
+
+    def all_gather(self, obj) -> list:
+        """Every process's ``obj`` (picklable), in rank order."""
+        if self.world == 1:
+            return [obj]
+        parts = [None] * self.world
+        self.dist.all_gather_object(parts, obj)
+        return parts
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -520,7 +540,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
         # small and shared within a space, so a few hundred texts per space cover it.
         sample = eval_subset(train_items, 300, args.seed + 1)
-        corpus = [texts(it) for it in tqdm(sample, desc="texts for tokenizer", disable=not dist.main or args.no_progress, leave=False)]
+        corpus = dist.map_shards(lambda part: [texts(it) for it in tqdm(part, desc="texts for tokenizer", leave=False,
+                                                                       disable=not dist.main or args.no_progress)], sample)
         tok = TextTokenizer.train(corpus, args.vocab_size or config.text_vocab_size)
         rlm = RLM.create(config, tok, metrics, seed=args.seed)
     rlm.register_pairs(sorted({(e.space, e.metric) for e in train_ex}))
@@ -618,6 +639,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: training loss is {loss.item()}; lower --lr (now {args.lr})")
         loss.backward()
+        texts.share(dist.all_gather)
         torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
         sched.step()
@@ -644,7 +666,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
         validate()  # score the final weights too; also guarantees OUT/ holds a model
     if dist.main and (best is None):  # no validation set: the final weights are the deliverable
         save_best(out, rlm)
-    log(f"stopped: {stopped}")
+    log(f"stopped: {stopped}; texts: {len(texts)} distinct, {texts.converted} converted by this process")
 
     result = {
         "best": None if best is None else {"step": best["step"], "mean_spearman": best["mean_spearman"]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +184,10 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout and "steps of 16 architectures" in res.stdout
+    # The processes share the texts they convert: rank 0 holds all 43 training architectures' texts
+    # (the tokenizer's corpus is all of them) but converted only part of them.
+    distinct, converted = map(int, re.search(r"texts: (\d+) distinct, (\d+) converted", res.stdout).groups())
+    assert distinct == 43 and converted < distinct
     ddp = json.loads((out / "metrics.json").read_text())
     assert ddp["steps"] == 3
     assert (out / "model.safetensors").is_file()
