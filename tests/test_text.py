@@ -220,17 +220,44 @@ def test_values_that_ignore_the_input_are_marked_const():
     assert text == "F0: 4x8x8\nconst Mul c0\nconst Relu\nout\nmain: 4x8x8\nconst F0\nconst Sigmoid\nAdd 3 1\nout\n"
 
 
+def test_values_that_reach_no_output_are_marked_dead():
+    # x -> Relu -> (x 0) and x -> Sigmoid (never used) are computed but reach no output; the
+    # product with zero is const, not dead; the sum with the input is neither.
+    gb = GraphBuilder()
+    x = gb.input("input", (1, 4, 8, 8))
+    gb.node("Sigmoid", [x])
+    zero = gb.node("Mul", [gb.node("Relu", [x]), gb.constant(0.0, dtype=np.float32)])
+    text = onnx_to_text(gb.build({gb.node("Add", [x, zero]): (1, 4, 8, 8)}))
+    assert text == "main: 4x8x8\ndead Relu\nconst Mul c0\nAdd 3 1\ndead Sigmoid 4\nout 2\n"
+
+
+def test_nb201_nodes_that_feed_only_none_edges_are_dead():
+    from rlm_nas.convert import model_input
+
+    # Node 3 takes only the input (skip); nodes 1 and 2 feed nothing but `none` edges, so the
+    # convolutions computing node 2 are dead, in every cell body (F0, F2, F4).
+    text = model_input("nb201", "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|")
+    cell = text.split("F0:")[1].split("F1:")[0].splitlines()[1:-1]
+    assert [line.split()[1] for line in cell if line.startswith("dead ")] == ["Relu", "Conv", "BN"] * 2 + ["Add"]
+    assert text.count("dead ") == 3 * 7
+    # Every node reaches the output: nothing is dead.
+    alive = model_input("nb201", "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
+    assert "dead" not in alive
+
+
 def test_nb201_cells_without_a_path_from_the_input_are_const():
     from rlm_nas.convert import model_input
 
     # Every edge into node 3 is `none`: the cell's output is constant, and so is the network after it.
     dead = model_input("nb201", "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|none~1|none~2|")
     main = dead.split("main:")[1].splitlines()[1:-1]
-    assert main[:2] == ["Conv k3 p1 > 16x32x32", "BN"] and all(line.startswith("const ") for line in main[2:])
+    # The stem before it reaches no output: dead.
+    assert main[:2] == ["dead Conv k3 p1 > 16x32x32", "dead BN"] and all(line.startswith("const ") for line in main[2:])
     # Node 1 is zero, so the convolutions on edges 1->2 and 1->3 see a constant; the pool does not.
     partial = model_input("nb201", "|none~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|")
     cell = partial.split("F1:")[0].splitlines()
-    assert {"const Conv k1", "const Conv k3 p1", "AveragePool k3 p1 8"} <= set(cell) and "const" not in partial.split("main:")[1]
+    assert {"const Conv k1", "const Conv k3 p1"} <= set(cell) and "const" not in partial.split("main:")[1]
+    assert any(line.startswith("AveragePool k3 p1 ") for line in cell)
     # `none` edges into nodes that other edges keep alive: only the products by zero are const.
     alive = model_input("nb201", "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
     assert {line for line in alive.splitlines() if "const" in line} == {"const Mul c0", "const Mul 8 c0"}
