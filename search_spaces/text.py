@@ -632,16 +632,19 @@ class _Renderer:
         def dep(t: tuple[int, int]) -> frozenset[int]:
             return frozenset([t[0] - n]) if t[0] >= n else value_deps[t]
 
+        # A call's outputs, each as the indices of the call's data inputs its body reads for it.
+        call_deps = {i: [d for o, d in zip(nodes[i].output, spec.out_deps) if o] for i, spec in calls.items()}
         value_deps: dict[tuple[int, int], frozenset[int]] = {}
+        const = set()
         for i in topo:
             in_deps = [dep(t) for t in ins[i] if type(t) is tuple]
             if i in calls:  # per output: the body's dependencies, mapped to this call's inputs
-                named = [d for o, d in zip(nodes[i].output, calls[i].out_deps) if o]
-                per_out = [frozenset().union(*(in_deps[j] for j in d)) for d in named]
+                per_out = [frozenset().union(*(in_deps[j] for j in d)) for d in call_deps[i]]
             else:
                 per_out = [frozenset() if i in zeroed else frozenset().union(*in_deps)] * outs[i]
             value_deps.update(((i, k), d) for k, d in enumerate(per_out))
             if in_deps and not any(per_out):
+                const.add(i)
                 heads[i] = "const " + heads[i]
 
         # Liveness, backward from the scope's outputs: a value is used when some path from it
@@ -657,14 +660,13 @@ class _Renderer:
                 continue
             refs = [t for t in ins[i] if type(t) is tuple]
             if i in calls:  # an input is used when a used output of the body depends on it
-                named = [d for o, d in zip(nodes[i].output, calls[i].out_deps) if o]
-                needed = set().union(*(d for d, u in zip(named, used[i]) if u))
+                needed = set().union(*(d for d, u in zip(call_deps[i], used[i]) if u))
                 refs = [t for j, t in enumerate(refs) if j in needed]
             for t in refs:
                 if t[0] < n:
                     used[t[0]][t[1]] = True
         for i in range(n):
-            if outs[i] and not any(used[i]) and not heads[i].startswith("const "):
+            if outs[i] and not any(used[i]) and i not in const:
                 heads[i] = "dead " + heads[i]
 
         # Structural keys: what feeds each node (anc) and what each node feeds (desc). Names never
