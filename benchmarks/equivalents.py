@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sample_count import add_validation_args, validation_examples  # noqa: E402  (the default's validation split)
+from sample_count import add_validation_args, validation_examples, weights_digest  # noqa: E402  (the default's validation split)
 
 CELL_SPACES = ("nb301", "darts", "nasnet", "amoeba", "pnas", "enas")
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(args.checkpoint), "rows": rows}, indent=1))
     print("\n".join(md))
     return 0
 

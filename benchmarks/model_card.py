@@ -14,6 +14,10 @@ The trainer keeps the weights with the best validation score. To ship the end of
 run and pass its folder as ``--scores``::
 
     python -m rlm_nas.train ... --init OUT/last --holdout OUT/metrics.json --max-steps 0 --out SCORES
+
+The card's remarks on greedy decoding and on equivalent genotypes are counted from
+``benchmarks/results/{sample_count,equivalents}.json``, and only when those reports carry the
+digest of the shipped weights: run both benchmarks on a new checkpoint before writing its card.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from rlm_nas.config import ModelConfig  # noqa: E402
+from sample_count import weights_digest  # noqa: E402
 
 
 def _fmt(x) -> str:
@@ -34,7 +41,42 @@ def _fmt(x) -> str:
 ENCODER_NAMES = {"modernbert": "a ModernBERT encoder", "t5": "a T5 encoder"}
 
 
-def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores: Path | None = None) -> str:
+def _report(path: Path, digest: str) -> dict | None:
+    """A benchmark report's JSON if it measured the weights with this digest, else None."""
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    return report if report.get("weights") == digest else None
+
+
+def decoding_remarks(checkpoint: Path, results: Path) -> list[str]:
+    """The card's remarks on greedy decoding and equivalent genotypes, counted from the reports of
+    ``benchmarks/sample_count.py`` and ``benchmarks/equivalents.py`` when they measured these
+    weights; otherwise the card says they have yet to be run, rather than quote another model."""
+    digest = weights_digest(checkpoint)
+    samples, equivalents = _report(results / "sample_count.json", digest), _report(results / "equivalents.json", digest)
+    if samples:
+        rows = samples["rows"]
+        worse = sum(r["greedy"] < r["quantiles@1"] for r in rows)
+        greedy = f"which ranks this model worse on {worse} of the {len(rows)} benchmarked tasks, `benchmarks/sample_count.py`"
+    else:
+        greedy = "which `benchmarks/sample_count.py` compares (not yet run on these weights)"
+    if equivalents:
+        rows = equivalents["rows"]
+        better = sum(r["8"]["kendall"] > r["1"]["kendall"] for r in rows)
+        average = f"ranks this model better than one genotype on {better} of the {len(rows)} tasks measured (Kendall-τ)"
+    else:
+        average = "is compared with one genotype by `benchmarks/equivalents.py` (not yet run on these weights)"
+    return [
+        "Validation architectures of the training run, scored as its trainer did (the model's median, one",
+        f"quantile draw; trainers before 2026-11-25 decoded greedily, {greedy}).",
+        "The test-split figures against baselines are in `benchmarks/RESULTS.md`. Pairs not listed have no training",
+        "data: predictions for them are flagged `extrapolated`. In the cell spaces (the NDS ones and `nb301`),",
+        f"averaging 8 genotypes of the same network (`RLM.predict(equivalents=8)`, the CLIs' default) {average}",
+        "(`benchmarks/results/equivalents.md`).",
+    ]
+
+
+def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores: Path | None = None,
+         remarks: list[str] = ()) -> str:
     m = json.loads((run / "metrics.json").read_text())
     if scores is None:
         rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
@@ -64,13 +106,7 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores
         "",
         "## Held-out quality per (space, metric)",
         "",
-        "Validation architectures of the training run, scored as its trainer did (the model's median, one",
-        "quantile draw; trainers before 2026-11-25 decoded greedily, which ranks this model worse on 18 of the 20",
-        "benchmarked tasks, `benchmarks/sample_count.py`). The test-split figures against baselines are in",
-        "`benchmarks/RESULTS.md`. Pairs not listed have no training data: predictions for them are flagged",
-        "`extrapolated`. In the cell spaces (the NDS ones and `nb301`), averaging 8 genotypes of the same network",
-        "(`RLM.predict(equivalents=8)`, the CLIs' default) ranks this model better than one genotype on all 6 tasks measured",
-        "(`benchmarks/results/equivalents.md`).",
+        *remarks,
         "",
         "| space | metric | val archs | Spearman | Kendall-τ |",
         "|---|---|---:|---:|---:|",
@@ -102,9 +138,12 @@ def main() -> None:
     p.add_argument("--peak-mem", required=True)
     p.add_argument("--scores", type=Path, default=None,
                    help="folder of a --max-steps 0 run that scored the shipped weights (when they are not the run's best)")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="folder of sample_count.json and equivalents.json (run them on the shipped weights first)")
     args = p.parse_args()
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
-    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder, args.scores))
+    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder, args.scores,
+                                                     decoding_remarks(args.checkpoint, args.results)))
     (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run, args.scores), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 

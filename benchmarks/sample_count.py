@@ -48,6 +48,16 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="the run's --seed")
 
 
+def weights_digest(checkpoint: str | Path) -> str:
+    """A short SHA-256 of a checkpoint's weights, so a report says which model it measured."""
+    import hashlib
+
+    from rlm_nas.model import DEFAULT_CHECKPOINT
+
+    path = DEFAULT_CHECKPOINT if str(checkpoint) == "default" else Path(checkpoint)
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def validation_examples(args: argparse.Namespace) -> list:
     """The validation examples of the run that :func:`add_validation_args` describes."""
     from rlm_nas.data import split_by_arch
@@ -133,7 +143,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(args.checkpoint), "rows": rows}, indent=1))
     print("\n".join(md))
     return 0
 

@@ -37,3 +37,21 @@ def test_training_record_takes_the_shipped_weights_rows_from_scores(tmp_path):
     assert shipped["val"] == shipped_rows
     assert shipped["best"]["step"] == 4  # the run's own pick is still on record
     assert "re-scored" in shipped["val_weights"]
+
+
+def test_decoding_remarks_quote_only_reports_of_these_weights(tmp_path):
+    card = _module()
+    ckpt, results = tmp_path / "ckpt", tmp_path / "results"
+    ckpt.mkdir()
+    results.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    rows = [{"greedy": 0.8, "quantiles@1": 0.9}, {"greedy": 0.95, "quantiles@1": 0.9}]
+    eq_rows = [{"1": {"kendall": 0.5}, "8": {"kendall": 0.6}}]
+    for name, r in (("sample_count", rows), ("equivalents", eq_rows)):
+        (results / f"{name}.json").write_text(json.dumps({"weights": card.weights_digest(ckpt), "rows": r}))
+    text = " ".join(card.decoding_remarks(ckpt, results))
+    assert "worse on 1 of the 2 benchmarked tasks" in text and "better than one genotype on 1 of the 1 tasks" in text
+
+    (ckpt / "model.safetensors").write_bytes(b"retrained weights")  # the reports now describe another model
+    text = " ".join(card.decoding_remarks(ckpt, results))
+    assert text.count("not yet run on these weights") == 2 and "worse on" not in text and "better than" not in text
