@@ -528,6 +528,8 @@ class RLM:
         """
         from safetensors.torch import save_file
 
+        from search_spaces.text import TEXT_VERSION
+
         casts = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
         if dtype not in casts:
             raise ValueError(f"dtype {dtype!r} is not supported; allowed: None, float32, float16, bfloat16")
@@ -543,6 +545,7 @@ class RLM:
             "known_pairs": sorted(map(list, self._known)),
             "calibration": {m: [a, w] for m, (a, w) in sorted(self._calibration.items())},
             "text_vocab_size": self.text_tokenizer.vocab_size,
+            "text_version": TEXT_VERSION,
             "dtype": dtype or "float32",
         }
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -579,6 +582,12 @@ class RLM:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise CheckpointError(f"{cfg_file} is corrupt or incompatible: {type(err).__name__}: {err}") from None
+        from search_spaces.text import TEXT_VERSION
+
+        if meta.get("text_version", 1) != TEXT_VERSION:
+            warnings.warn(f"{cfg_file}: the checkpoint was trained on canonical text version {meta.get('text_version', 1)}, "
+                          f"this rlm_nas writes version {TEXT_VERSION} (search_spaces/text.py): its predictions are off "
+                          "until it is fine-tuned (python -m rlm_nas.finetune) or retrained", stacklevel=2)
         tok = TextTokenizer.load(path)
         if tok.vocab_size != meta.get("text_vocab_size", tok.vocab_size):
             raise CheckpointError(f"{path / 'tokenizer.json'} has {tok.vocab_size} tokens but {cfg_file} expects {meta['text_vocab_size']}")

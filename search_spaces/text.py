@@ -91,6 +91,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, helper, numpy_helper, shape_inference
 
+# Bumped whenever the same network's text changes. A checkpoint records the version it was trained
+# on, and loading it under another version warns: a model reading marks it never saw is still a
+# model, but its predictions are off until it is fine-tuned or retrained.
+# 1: const and dead marks (checkpoints without a recorded version are read as 1).
+TEXT_VERSION = 1
+
 #: Type of a value: (ONNX elem_type, dims), dims None when the rank is unknown, a dim None when unknown.
 _Type = tuple[int, "tuple[int | None, ...] | None"]
 

@@ -208,6 +208,24 @@ def test_configs_without_an_encoder_field_load_as_t5(tok, data, tmp_path):
     assert np.array_equal(rlm.predict(texts, METRICS, seed=7).samples, loaded.predict(texts, METRICS, seed=7).samples)
 
 
+def test_a_checkpoint_of_another_text_version_warns(rlm, tmp_path):
+    """A model trained on texts of another version still loads, but says its predictions are off."""
+    import warnings
+
+    from search_spaces.text import TEXT_VERSION
+
+    rlm.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["text_version"] == TEXT_VERSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RLM.from_pretrained(tmp_path)
+    meta["text_version"] = TEXT_VERSION + 1
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=f"trained on canonical text version {TEXT_VERSION + 1}, this rlm_nas writes version {TEXT_VERSION}"):
+        RLM.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoint_loads_as_float32(rlm, tmp_path, dtype):
     rlm.save_pretrained(tmp_path, dtype=dtype)
