@@ -47,7 +47,7 @@ def _report(path: Path, digest: str) -> dict | None:
     return report if report.get("weights") == digest else None
 
 
-def decoding_remarks(checkpoint: Path, results: Path) -> list[str]:
+def decoding_remarks(checkpoint: Path, results: Path) -> tuple[str, str]:
     """The card's remarks on greedy decoding and equivalent genotypes, counted from the reports of
     ``benchmarks/sample_count.py`` and ``benchmarks/equivalents.py`` when they measured these
     weights; otherwise the card says they have yet to be run, rather than quote another model."""
@@ -65,18 +65,13 @@ def decoding_remarks(checkpoint: Path, results: Path) -> list[str]:
         average = f"ranks this model better than one genotype on {better} of the {len(rows)} tasks measured (Kendall-τ)"
     else:
         average = "is compared with one genotype by `benchmarks/equivalents.py` (not yet run on these weights)"
-    return [
-        "Validation architectures of the training run, scored as its trainer did (the model's median, one",
-        f"quantile draw; trainers before 2026-11-25 decoded greedily, {greedy}).",
-        "The test-split figures against baselines are in `benchmarks/RESULTS.md`. Pairs not listed have no training",
-        "data: predictions for them are flagged `extrapolated`. In the cell spaces (the NDS ones and `nb301`),",
-        f"averaging 8 genotypes of the same network (`RLM.predict(equivalents=8)`, the CLIs' default) {average}",
-        "(`benchmarks/results/equivalents.md`).",
-    ]
+    return greedy, average
 
 
-def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores: Path | None = None,
-         remarks: list[str] = ()) -> str:
+def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, remarks: tuple[str, str],
+         scores: Path | None = None) -> str:
+    """The card's markdown; ``remarks``: :func:`decoding_remarks`."""
+    greedy, average = remarks
     m = json.loads((run / "metrics.json").read_text())
     if scores is None:
         rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
@@ -106,7 +101,12 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, scores
         "",
         "## Held-out quality per (space, metric)",
         "",
-        *remarks,
+        "Validation architectures of the training run, scored as its trainer did (the model's median, one",
+        f"quantile draw; trainers before 2026-11-25 decoded greedily, {greedy}).",
+        "The test-split figures against baselines are in `benchmarks/RESULTS.md`. Pairs not listed have no training",
+        "data: predictions for them are flagged `extrapolated`. In the cell spaces (the NDS ones and `nb301`),",
+        f"averaging 8 genotypes of the same network (`RLM.predict(equivalents=8)`, the CLIs' default) {average}",
+        "(`benchmarks/results/equivalents.md`).",
         "",
         "| space | metric | val archs | Spearman | Kendall-τ |",
         "|---|---|---:|---:|---:|",
@@ -142,8 +142,8 @@ def main() -> None:
                    help="folder of sample_count.json and equivalents.json (run them on the shipped weights first)")
     args = p.parse_args()
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
-    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder, args.scores,
-                                                     decoding_remarks(args.checkpoint, args.results)))
+    (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder,
+                                                     decoding_remarks(args.checkpoint, args.results), args.scores))
     (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run, args.scores), indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 

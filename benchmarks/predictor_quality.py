@@ -429,9 +429,9 @@ def finetune_cells(args, plan, labels, tests, add) -> None:
 
 def check_exclusion(checkpoint: str, split: str) -> str:
     """A line saying whether the checkpoint's training (its metrics.json or training.json) excluded ``split``."""
-    from rlm_nas.model import DEFAULT_CHECKPOINT
+    from rlm_nas.model import checkpoint_dir
 
-    folder = DEFAULT_CHECKPOINT if checkpoint == "default" else Path(checkpoint)
+    folder = checkpoint_dir(checkpoint)
     # A training output has metrics.json; the shipped checkpoint its trimmed copy, training.json.
     path = next((folder / f for f in ("metrics.json", "training.json") if (folder / f).is_file()), folder / "metrics.json")
     try:

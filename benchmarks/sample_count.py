@@ -52,10 +52,9 @@ def weights_digest(checkpoint: str | Path) -> str:
     """A short SHA-256 of a checkpoint's weights, so a report says which model it measured."""
     import hashlib
 
-    from rlm_nas.model import DEFAULT_CHECKPOINT
+    from rlm_nas.model import WEIGHTS_FILE, checkpoint_dir
 
-    path = DEFAULT_CHECKPOINT if str(checkpoint) == "default" else Path(checkpoint)
-    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((checkpoint_dir(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
 
 
 def validation_examples(args: argparse.Namespace) -> list:

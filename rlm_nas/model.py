@@ -50,6 +50,11 @@ N_NUM = len(NUMBER_VOCAB)  # decoder ids 0..12 are number tokens; metric j has i
 _NEG = torch.finfo(torch.float32).min  # additive mask value; finite, so fully masked rows give no NaN
 
 
+def checkpoint_dir(checkpoint: str | Path) -> Path:
+    """The folder a ``--checkpoint`` value names: ``"default"`` is the shipped one."""
+    return DEFAULT_CHECKPOINT if str(checkpoint) == "default" else Path(checkpoint)
+
+
 def _t5_config(cfg: ModelConfig, vocab_size: int, decoder: bool) -> T5Config:
     return T5Config(
         vocab_size=vocab_size,
@@ -559,7 +564,7 @@ class RLM:
         Missing files raise FileNotFoundError; corrupt or incompatible ones :class:`CheckpointError`;
         both name the file.
         """
-        path = DEFAULT_CHECKPOINT if str(directory) == "default" else Path(directory)
+        path = checkpoint_dir(directory)
         if not path.is_dir():
             hint = " (the default checkpoint is not shipped in this install; train one or pass a directory)" if path == DEFAULT_CHECKPOINT else ""
             raise FileNotFoundError(f"RLM checkpoint directory {path} does not exist{hint}")
@@ -584,8 +589,8 @@ class RLM:
             raise CheckpointError(f"{cfg_file} is corrupt or incompatible: {type(err).__name__}: {err}") from None
         from search_spaces.text import TEXT_VERSION
 
-        if meta.get("text_version", 1) != TEXT_VERSION:
-            warnings.warn(f"{cfg_file}: the checkpoint was trained on canonical text version {meta.get('text_version', 1)}, "
+        if (version := meta.get("text_version", 1)) != TEXT_VERSION:
+            warnings.warn(f"{cfg_file}: the checkpoint was trained on canonical text version {version}, "
                           f"this rlm_nas writes version {TEXT_VERSION} (search_spaces/text.py): its predictions are off "
                           "until it is fine-tuned (python -m rlm_nas.finetune) or retrained", stacklevel=2)
         tok = TextTokenizer.load(path)
