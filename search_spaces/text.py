@@ -44,6 +44,10 @@ block is a header ``NAME: SHAPE ...`` (shapes of its data inputs), one line per 
   PyTorch still computes them, but runtimes that remove dead code skip their cost (HW-NAS-Bench's
   Pixel 3 and Raspberry Pi 4 timings of NB201 cells with dead nodes are a fraction of those
   without). Within a function body the mark is relative to the body's outputs.
+* ``mN``: multiply-accumulates of a Conv or Gemm at batch 1, to two significant digits
+  (``m790k``, ``m1.2M``): a node's cost without multiplying its shapes out. Latency is close to
+  a sum of such costs on many devices, and a small model reads a number more easily than it
+  learns the product of a kernel, two shapes and a group.
 * ``> SHAPE``: output shapes, omitted when a single output has the type of the first data input.
   The batch (leading) dimension of every tensor of rank >= 2 is dropped; an unknown dimension
   is ``?``; a type other than float32 is appended as ``:i64``, ``:f16``, ...
@@ -53,19 +57,19 @@ BN, add), pooling and a classifier::
 
     F0: 8x32x32
     Relu
-    Conv k3 p1 g8
-    Conv k1
+    Conv k3 p1 g8 m74k
+    Conv k1 m66k
     BN
     Add 1 5
     out
     main: 3x32x32
-    Conv k3 p1 > 8x32x32
+    Conv k3 p1 m220k > 8x32x32
     F0
     F0
     MaxPool k2 s2 > 8x16x16
     GAP > 8x1x1
     Flatten > 8
-    Gemm transB=1 w > 10
+    Gemm transB=1 w m80 > 10
     out
 
 Shapes inside a function body come from ONNX shape inference on the body with the input types of
@@ -95,7 +99,8 @@ from onnx import AttributeProto, helper, numpy_helper, shape_inference
 # on, and loading it under another version warns: a model reading marks it never saw is still a
 # model, but its predictions are off until it is fine-tuned or retrained.
 # 1: const and dead marks (checkpoints without a recorded version are read as 1).
-TEXT_VERSION = 1
+# 2: Conv and Gemm lines carry their multiply-accumulates (``mN``).
+TEXT_VERSION = 2
 
 #: Type of a value: (ONNX elem_type, dims), dims None when the rank is unknown, a dim None when unknown.
 _Type = tuple[int, "tuple[int | None, ...] | None"]
@@ -616,7 +621,9 @@ class _Renderer:
                     )
             out = [o for o in node.output if o]
             shape = " ".join(_fmt_type(types.get(o)) for o in out)
-            heads.append(" ".join([op, *_fmt_attrs(node, scope.opsets.get(node.domain or "", 0))]))
+            attrs = _fmt_attrs(node, scope.opsets.get(node.domain or "", 0))
+            macs = _macs(node, types) if std else None
+            heads.append(" ".join([op, *attrs, *([f"m{macs}"] if macs else [])]))
             ins.append(toks)
             outs.append(len(out))
             # The output shape is left out when it repeats the first input's (Relu, BN, ...).
@@ -742,6 +749,22 @@ class _Renderer:
         lines.append(f"out {refs}" if refs else "out")
         out_deps = [dep(producer[name]) if name in producer else frozenset() for name in scope.outputs]
         return "\n".join(lines), out_deps
+
+
+def _macs(node: onnx.NodeProto, types: _Types) -> str | None:
+    """Multiply-accumulates of a Conv or Gemm at batch 1, to two significant digits (``1.8M``)."""
+    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or not node.output:
+        return None
+    w, out = types.get(node.input[1]), types.get(node.output[0])
+    if not w or not out or w[1] is None or out[1] is None or None in w[1] or None in out[1]:
+        return None
+    # Conv: every output element sums over one filter (C_in / group x kernel); Gemm: the weight.
+    macs = float(np.prod(out[1][1:]) * np.prod(w[1][1:]) if node.op_type == "Conv" else np.prod(w[1]))
+    macs = float(f"{macs:.2g}")
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:g}{unit}"
+    return f"{macs:g}"
 
 
 def _refs(tokens: list[str | int]) -> str:

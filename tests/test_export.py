@@ -86,7 +86,7 @@ def test_export_onnx_small_cnn_matches_torch_and_has_text():
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     text = onnx_to_text(model)
     assert text.startswith("main: 3x32x32\n")
-    assert "Conv k3 p1 w > 8x32x32" in text  # 3 -> 8 channels, with bias
+    assert "Conv k3 p1 m220k w > 8x32x32" in text  # 3 -> 8 channels, with bias
     assert "Conv k3 s2 p1 g8" in text and text.rstrip().endswith("out")
 
 

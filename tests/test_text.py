@@ -131,16 +131,16 @@ def test_hand_made_model_exact_text():
         "F0: 8x8x8 8x8x8\n"
         "MaxPool k3 p1\n"  # input: the second data input (b), the previous value; same shape
         "Relu 3\n"  # first data input (a): 3 values back from here
-        "Conv k3 p1 g8\n"  # weight implied by k3, g8 and the shapes: not written
+        "Conv k3 p1 g8 m4.6k\n"  # weight implied by k3, g8 and the shapes; m: 8x8x8 outputs x 3x3 MACs
         "Sub 1 3\n"  # Sub(left, right): input order kept
         "out\n"
         "main: 3x8x8\n"
-        "Conv k3 p1 > 8x8x8\n"
+        "Conv k3 p1 m14k > 8x8x8\n"  # 8x8x8 x 3x3x3 = 13,824 MACs, two digits
         "F0 1 1\n"
         "F0 1 2\n"
         "GAP > 8x1x1\n"
         "Reshape c[1,8] > 8\n"  # small int constant printed by value; batch dim dropped
-        "Gemm transB=1 w > 10\n"  # the bias is optional, so it is written
+        "Gemm transB=1 m80 w > 10\n"  # the bias is optional, so it is written
         "out\n"
     )
 
@@ -156,8 +156,8 @@ def test_torch_exported_model():
     lines = text.splitlines()
     assert lines[0] == "main: 3x32x32" and lines[-1] == "out"
     # The exporter folds BN into the conv (eval mode): the conv gets a bias.
-    assert "Conv k3 p1 w > 8x32x32" in lines
-    assert "Conv k3 s2 p1 g8 w > 16x16x16" in lines
+    assert "Conv k3 p1 m220k w > 8x32x32" in lines
+    assert "Conv k3 s2 p1 g8 m37k w > 16x16x16" in lines
     assert lines[-2].startswith("Gemm") and lines[-2].endswith("> 10")
     assert "onnx::" not in text and "weight" not in text  # no tensor names leak in
 
@@ -252,15 +252,15 @@ def test_nb201_cells_without_a_path_from_the_input_are_const():
     dead = model_input("nb201", "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|none~1|none~2|")
     main = dead.split("main:")[1].splitlines()[1:-1]
     # The stem before it reaches no output: dead.
-    assert main[:2] == ["dead Conv k3 p1 > 16x32x32", "dead BN"] and all(line.startswith("const ") for line in main[2:])
+    assert main[:2] == ["dead Conv k3 p1 m440k > 16x32x32", "dead BN"] and all(line.startswith("const ") for line in main[2:])
     # Node 1 is zero, so the convolutions on edges 1->2 and 1->3 see a constant; the pool does not.
     partial = model_input("nb201", "|none~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|")
     cell = partial.split("F1:")[0].splitlines()
-    assert {"const Conv k1", "const Conv k3 p1"} <= set(cell) and "const" not in partial.split("main:")[1]
+    assert {"const Conv k1 m260k", "const Conv k3 p1 m2.4M"} <= set(cell) and "const" not in partial.split("main:")[1]
     assert any(line.startswith("AveragePool k3 p1 ") for line in cell)
     # `none` edges into nodes that other edges keep alive: only the products by zero are const.
     alive = model_input("nb201", "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
-    assert {line for line in alive.splitlines() if "const" in line} == {"const Mul c0", "const Mul 8 c0"}
+    assert {line for line in alive.splitlines() if "const" in line} == {"const Mul c0", "const Mul 9 c0"}
 
 
 # --- canonical form --------------------------------------------------------------------------
