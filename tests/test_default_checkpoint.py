@@ -25,6 +25,16 @@ def test_default_checkpoint_loads_and_knows_the_shared_metrics(default_rlm):
     assert ("nb201", "latency:pixel3") in default_rlm.known_pairs
 
 
+def test_default_checkpoint_was_trained_on_the_current_texts():
+    # A change to the canonical text without a retrain would leave the shipped model reading marks
+    # it never saw (loading it would warn); the text version and the default move together.
+    from rlm_nas.model import checkpoint_dir
+    from search_spaces.text import TEXT_VERSION
+
+    config = json.loads((checkpoint_dir("default") / "config.json").read_text())
+    assert config["text_version"] == TEXT_VERSION
+
+
 def test_default_ranks_unseen_nb201_architectures_by_pixel3_latency(default_rlm, shared_data):
     # The test split's architectures were excluded from the default's training, so this is held out.
     held_out = [a for s, a in json.loads(TEST_SPLIT.read_text())["archs"] if s == "nb201"][:200]
