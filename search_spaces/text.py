@@ -69,7 +69,7 @@ BN, add), pooling and a classifier::
     MaxPool k2 s2 > 8x16x16
     GAP > 8x1x1
     Flatten > 8
-    Gemm transB=1 w m80 > 10
+    Gemm transB=1 m80 w > 10
     out
 
 Shapes inside a function body come from ONNX shape inference on the body with the input types of
