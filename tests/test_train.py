@@ -292,3 +292,19 @@ def test_equivalents_augment_cell_spaces_deterministically(tmp_path):
     with pytest.raises(SystemExit) as e:
         run("bad", "--equivalents", "0")
     assert e.value.code == 2
+
+
+def test_cpu_precision_follows_a_measured_bf16_speedup():
+    """auto precision on a CPU: bf16 with AMX tiles, else only where the bf16 matmul was measured
+    BF16_MIN_SPEEDUP times faster (cached, so one process never changes its mind)."""
+    import math
+
+    import torch
+
+    from rlm_nas.train import BF16_MIN_SPEEDUP, bf16_fast, cpu_bf16_speedup
+
+    speedup = cpu_bf16_speedup()
+    assert math.isfinite(speedup) and speedup > 0
+    assert cpu_bf16_speedup() == speedup
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert bf16_fast(torch.device("cpu")) == (amx or speedup >= BF16_MIN_SPEEDUP)
