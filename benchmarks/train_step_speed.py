@@ -16,7 +16,6 @@ import random
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +37,11 @@ def main(argv=None) -> int:
 
     from rlm_nas.convert import model_input
     from rlm_nas.model import RLM
-    from rlm_nas.train import bf16_fast, cpu_bf16_speedup
+    from rlm_nas.train import autocast, bf16_fast, cpu_bf16_speedup
     from search_spaces import get_space
 
     torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
     rng = random.Random(0)
     rlm = RLM.from_pretrained(args.checkpoint)
     metrics = list(rlm.metrics)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
         def step(batch) -> float:
             t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+            with autocast(cpu, precision == "bf16"):
                 loss = module(**batch)
             loss.backward()
             opt.step()
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     for s in SPACES:
         a, b = medians["fp32"][s], medians["bf16"][s]
         print(f"| {s} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
-    print(f"\n--precision auto on this CPU: {'bf16' if bf16_fast(torch.device('cpu')) else 'fp32'} "
+    print(f"\n--precision auto on this CPU: {'bf16' if bf16_fast(cpu) else 'fp32'} "
           f"(bf16 matmul measured {cpu_bf16_speedup():.1f}x the fp32 one)")
     return 0
 

@@ -48,18 +48,22 @@ def bf16_fast(device: torch.device) -> bool:
     """True where bf16 autocast pays off: GPUs with bf16, CPUs with AMX tiles, and other CPUs whose
     bf16 matmul is measured at least :data:`BF16_MIN_SPEEDUP` times faster than their fp32 one
     (:func:`cpu_bf16_speedup`). Measured on the project's 2-core machines, one training step of
-    the default's architecture, 1 thread: an AMD EPYC of family 26 (Zen 5: AVX512-BF16, and MKL's
-    fp32 matmul runs far from its peak there) 1.35-1.6x faster in bf16, matmul 4-11x; older CPUs
-    emulate bf16 (slower), and a CPU with AVX512-BF16 but no AMX measured its step no faster."""
+    the default's architecture, 1 thread (``benchmarks/train_step_speed.py``): an AMD EPYC of
+    family 26 (Zen 5: AVX512-BF16, and MKL's fp32 matmul runs far from its peak there) 1.3-1.5x
+    faster in bf16, matmul 4.6x; older CPUs emulate bf16 (slower), and a CPU with AVX512-BF16 but
+    no AMX measured its step no faster."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return True
-    return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    return cpu_has_amx() or cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units); False on torch builds that cannot tell."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 #: Matmul speedup above which a CPU trains in bf16. The margin keeps the choice stable on a noisy
-#: machine: measured 4-11x where a step gains 1.35-1.6x, below 1 where bf16 is emulated.
+#: machine: measured 4.6x where a step gains 1.3-1.5x, below 1 where bf16 is emulated.
 BF16_MIN_SPEEDUP = 2.0
 
 

@@ -301,10 +301,9 @@ def test_cpu_precision_follows_a_measured_bf16_speedup():
 
     import torch
 
-    from rlm_nas.train import BF16_MIN_SPEEDUP, bf16_fast, cpu_bf16_speedup
+    from rlm_nas.train import BF16_MIN_SPEEDUP, bf16_fast, cpu_bf16_speedup, cpu_has_amx
 
     speedup = cpu_bf16_speedup()
     assert math.isfinite(speedup) and speedup > 0
     assert cpu_bf16_speedup() == speedup
-    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    assert bf16_fast(torch.device("cpu")) == (amx or speedup >= BF16_MIN_SPEEDUP)
+    assert bf16_fast(torch.device("cpu")) == (cpu_has_amx() or speedup >= BF16_MIN_SPEEDUP)
