@@ -9,6 +9,9 @@ too few validation architectures, or constant predictions, show ``n/a``: say so,
 Beside it goes ``training.json``: the run's ``metrics.json`` without its bulky history and list
 of validation architectures, so benchmarks can check what the shipped model was trained on.
 
+An ensemble (``RLM.ensemble``) takes one ``--run`` per member (its last stage's folder) and the
+``--scores`` of the ensemble itself, which the card shows.
+
 The trainer keeps the weights with the best validation score. To ship the end of the schedule
 (``OUT/last``) instead, score those weights on the same validation architectures with a zero-step
 run and pass its folder as ``--scores``::
@@ -68,12 +71,20 @@ def decoding_remarks(checkpoint: Path, results: Path) -> tuple[str, str]:
     return greedy, average
 
 
-def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, remarks: tuple[str, str],
+def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str, remarks: tuple[str, str],
          scores: Path | None = None) -> str:
-    """The card's markdown; ``remarks``: :func:`decoding_remarks`."""
+    """The card's markdown; ``runs``: one per ensemble member; ``remarks``: :func:`decoding_remarks`."""
     greedy, average = remarks
-    m = json.loads((run / "metrics.json").read_text())
-    if scores is None:
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    members = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    steps = " and ".join(f"{x['steps']} ({x.get('stopped') or 'schedule completed'})" for x in members)
+    if len(runs) > 1:
+        s = json.loads((scores / "metrics.json").read_text())
+        rows = s["val"]
+        own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in members)
+        weights = (f"; each member's weights are its last stage's best; the ensemble's validation mean Spearman "
+                   f"{s['best']['mean_spearman']:.3f} (the members': {own})")
+    elif scores is None:
         rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
     else:
         s = json.loads((scores / "metrics.json").read_text())
@@ -89,12 +100,14 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, remark
     lines = [
         "# rlm-nas default checkpoint",
         "",
-        f"An encoder-decoder regression language model ({ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
+        (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (`RLM.ensemble`: the "
+         "median is their mean median)," if len(runs) > 1 else "An encoder-decoder regression language model")
+        + f" ({ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
         "trained from scratch on a 2-core CPU) that reads `\"{space}\\n\\n{canonical ONNX text}\"` and writes each metric as",
         "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`.",
         "",
         f"- Training command: `{command}`",
-        f"- Wall time: {wall}; peak memory: {peak_mem}; steps: {m['steps']} ({m.get('stopped') or 'schedule completed'})" + weights,
+        f"- Wall time: {wall}; peak memory: {peak_mem}; steps of the last stage: {steps}" + weights,
         f"- Split: by architecture. The benchmarks' test architectures (`benchmarks/test_split.json`) were excluded",
         f"  from training and validation; {validation}.",
         "- Weights are stored in float16 (loaded as float32).",
@@ -115,11 +128,18 @@ def card(run: Path, command: str, wall: str, peak_mem: str, encoder: str, remark
     return "\n".join(lines) + "\n"
 
 
-def training_record(run: Path, scores: Path | None = None) -> dict:
+def training_record(runs: list[Path], scores: Path | None = None) -> dict:
     """The run's ``metrics.json`` minus ``history`` and ``split.val_archs`` (~10 KB instead of ~0.5 MB).
 
     With ``scores``, its ``val`` rows are those of the shipped weights, as on the card; ``best``
-    stays the run's own pick, so the record says both."""
+    stays the run's own pick, so the record says both. An ensemble's record is its scoring run's,
+    with each member's own record under ``members``."""
+    if len(runs) > 1:
+        m = training_record([scores])
+        m["val_weights"] = f"the ensemble, scored by a zero-step run ({scores.name})"
+        m["members"] = [training_record([r]) for r in runs]
+        return m
+    run = runs[0]
     m = json.loads((run / "metrics.json").read_text())
     if scores is not None:
         m["val"] = json.loads((scores / "metrics.json").read_text())["val"]
@@ -131,7 +151,7 @@ def training_record(run: Path, scores: Path | None = None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="training output folder (has metrics.json)")
+    p.add_argument("--run", type=Path, nargs="+", required=True, help="training output folder (has metrics.json); one per ensemble member")
     p.add_argument("--checkpoint", type=Path, default=Path("rlm_nas/checkpoints/default"))
     p.add_argument("--command", required=True)
     p.add_argument("--wall", required=True)
@@ -141,6 +161,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                    help="folder of sample_count.json and equivalents.json (run them on the shipped weights first)")
     args = p.parse_args()
+    if len(args.run) > 1 and args.scores is None:
+        p.error("an ensemble (several --run) needs --scores: a zero-step run that scored the ensemble itself")
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder,
                                                      decoding_remarks(args.checkpoint, args.results), args.scores))

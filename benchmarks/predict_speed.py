@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +72,11 @@ def run_once(rlm, archs: list[str], metrics: list[str], samples: int, batch_size
     src, out = workdir / "archs.txt", workdir / "pred.csv"
     src.write_text("\n".join(archs) + "\n")
     acc = dict.fromkeys(("onnx", "text", "tokenize", "encode", "predict"), 0.0)
-    with timed(get_space("nb201"), "to_onnx", acc, "onnx"), timed(search_spaces.text, "onnx_to_text", acc, "text"), \
-            timed(rlm.text_tokenizer, "encode", acc, "tokenize"), timed(rlm.module, "encode", acc, "encode"), \
-            timed(rlm, "predict", acc, "predict"):
+    with ExitStack() as stack:
+        for obj, name, key in ((get_space("nb201"), "to_onnx", "onnx"), (search_spaces.text, "onnx_to_text", "text"),
+                               (rlm.text_tokenizer, "encode", "tokenize"), (rlm, "predict", "predict"),
+                               *((m, "encode", "encode") for m in rlm.member_modules)):  # an ensemble: every member's
+            stack.enter_context(timed(obj, name, acc, key))
         t, cpu = time.perf_counter(), time.process_time()
         rows = predict_lines(rlm, "nb201", read_archs(src, "nb201"), metrics, samples, seed=0, batch_size=batch_size, progress=False)
         write_csv(out, rows, with_metric=len(metrics) > 1)

@@ -435,15 +435,17 @@ def check_exclusion(checkpoint: str, split: str) -> str:
     # A training output has metrics.json; the shipped checkpoint its trimmed copy, training.json.
     path = next((folder / f for f in ("metrics.json", "training.json") if (folder / f).is_file()), folder / "metrics.json")
     try:
-        excluded = json.loads(path.read_text())["split"]["exclude"]
-        file = Path(excluded) if Path(excluded).is_file() else ROOT / excluded  # relative to the training's cwd
-        same = excluded and {tuple(a) for a in json.loads(file.read_text())["archs"]} == \
-            {tuple(a) for a in json.loads(Path(split).read_text())["archs"]}
+        record = json.loads(path.read_text())
+        test = {tuple(a) for a in json.loads(Path(split).read_text())["archs"]}
+        for run in record.get("members", [record]):  # an ensemble: every member's training
+            excluded = run["split"]["exclude"]
+            file = Path(excluded) if Path(excluded).is_file() else ROOT / excluded  # relative to the training's cwd
+            if not excluded or {tuple(a) for a in json.loads(file.read_text())["archs"]} != test:
+                return f"WARNING: the checkpoint's training excluded {excluded!r}, not the test split {split}: its scores may be inflated."
     except (OSError, KeyError, TypeError, ValueError) as e:
         return f"WARNING: could not confirm that the checkpoint's training excluded the test split ({path}: {e})."
-    if not same:
-        return f"WARNING: the checkpoint's training excluded {excluded!r}, not the test split {split}: its scores may be inflated."
-    return f"The checkpoint's training excluded the test split (its {path.name}: exclude = {excluded})."
+    members = f"; all {len(record['members'])} ensemble members'" if "members" in record else ""
+    return f"The checkpoint's training excluded the test split (its {path.name}: exclude = {excluded}{members})."
 
 
 if __name__ == "__main__":

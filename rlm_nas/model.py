@@ -20,6 +20,7 @@ decoding samples from, and every sample is a valid number.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -174,6 +175,25 @@ class RLMModule(nn.Module):
         return F.cross_entropy(logits.reshape(-1, N_NUM), labels.reshape(-1), ignore_index=-100)
 
 
+class EnsembleModule(nn.Module):
+    """Independently trained :class:`RLMModule` s over the same tokenizer and metrics (see
+    :meth:`RLM.ensemble`). ``forward`` is the members' mean, so training and fine-tuning move all of
+    them on the same batches; :meth:`RLM.predict` averages their quantiles.
+    """
+
+    def __init__(self, members: Sequence[RLMModule]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def number_length(self) -> int:
+        return self.members[0].number_length
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, labels=None):
+        """The members' mean logits, or with ``labels`` their mean loss."""
+        return torch.stack([m(input_ids, attention_mask, decoder_input_ids, labels) for m in self.members]).mean(0)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file exists but is corrupt or incompatible; the message names the file."""
 
@@ -204,6 +224,38 @@ class RLM:
             torch.manual_seed(seed)
             module = RLMModule(config, text_tokenizer.vocab_size, len(metrics))
         return cls(config, text_tokenizer, metrics, module)
+
+    @classmethod
+    def ensemble(cls, rlms: Sequence["RLM"]) -> "RLM":
+        """One model that predicts with every one of ``rlms`` (copies): each draws ``num_samples``
+        and :meth:`predict` averages their sorted draws, i.e. their quantiles, so the median is the
+        members' mean median. Independently trained runs err differently, and on this project's
+        test split two of them ranked better than either (``benchmarks/RESULTS.md``).
+
+        The members must share the model config, text tokenizer (train the later ones with
+        ``--tokenizer``), metrics and calibration; a pair is known when every member knows it.
+        """
+        rlms = list(rlms)
+        if len(rlms) < 2 or not all(isinstance(r, RLM) for r in rlms):
+            raise ValueError(f"ensemble: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
+        first = rlms[0]
+        for i, r in enumerate(rlms[1:], 1):
+            for what, mine, theirs in (("model config", r.config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
+                                       ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
+                if mine != theirs:
+                    raise ValueError(f"ensemble: member #{i}'s {what} differs from member #0's; members must share it "
+                                     "(train later members with --tokenizer of the first)")
+        modules = [copy.deepcopy(m) for r in rlms for m in r.member_modules]
+        out = cls(first.config, first.text_tokenizer, first.metrics, EnsembleModule(modules))
+        out.register_pairs(set.intersection(*(r.known_pairs for r in rlms)))
+        for m, (a, b) in first.calibration.items():
+            out.calibrate(m, a, b)
+        return out
+
+    @property
+    def member_modules(self) -> list[RLMModule]:
+        """The :class:`RLMModule` s that predict: one, or an ensemble's members."""
+        return list(self.module.members) if isinstance(self.module, EnsembleModule) else [self.module]
 
     # --- metrics and known pairs ------------------------------------------------------------
     @property
@@ -267,18 +319,19 @@ class RLM:
         for name, source in like.items():
             if source not in self._metrics:
                 raise ValueError(f"add_metrics: like[{name!r}] = {source!r} is not a known metric; known: {', '.join(self._metrics)}")
-        old = self.module.decoder.embed_tokens
-        emb = nn.Embedding(old.num_embeddings + len(new), old.embedding_dim).to(old.weight.device, old.weight.dtype)
-        with torch.no_grad():
-            emb.weight[: old.num_embeddings] = old.weight
-            rows = old.weight[N_NUM:]
-            for j, name in enumerate(new):
-                same = [i for i, m in enumerate(self._metrics) if _kind(m) == _kind(name)]
-                if name in like:
-                    emb.weight[old.num_embeddings + j] = rows[self._metrics.index(like[name])]
-                else:
-                    emb.weight[old.num_embeddings + j] = rows[same].mean(0) if same else rows.mean(0)
-        self.module.decoder.set_input_embeddings(emb)
+        for module in self.member_modules:
+            old = module.decoder.embed_tokens
+            emb = nn.Embedding(old.num_embeddings + len(new), old.embedding_dim).to(old.weight.device, old.weight.dtype)
+            with torch.no_grad():
+                emb.weight[: old.num_embeddings] = old.weight
+                rows = old.weight[N_NUM:]
+                for j, name in enumerate(new):
+                    same = [i for i, m in enumerate(self._metrics) if _kind(m) == _kind(name)]
+                    if name in like:
+                        emb.weight[old.num_embeddings + j] = rows[self._metrics.index(like[name])]
+                    else:
+                        emb.weight[old.num_embeddings + j] = rows[same].mean(0) if same else rows.mean(0)
+            module.decoder.set_input_embeddings(emb)
         self._metrics += new
 
     def _metric_ids(self, metrics: Sequence[str]) -> list[int]:
@@ -417,6 +470,9 @@ class RLM:
         their quantiles, for quantile draws. The model is not exactly invariant to that order, and
         the average ranks better (``benchmarks/RESULTS.md``). Spaces without such symmetry, ONNX
         models and texts read one input whatever ``k``.
+
+        An ensemble (:meth:`ensemble`) draws ``num_samples`` from each member and averages their
+        sorted draws in the same way.
         """
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         self._metric_ids(metrics)
@@ -450,9 +506,14 @@ class RLM:
             with torch.inference_mode(), tqdm(total=len(texts), disable=not progress, unit="arch") as bar:
                 for b in range(0, len(texts), batch_size):
                     idx = order[b : b + batch_size]
-                    tokens = self._decode(self._pad([ids[i] for i in idx]), metric_ids, num_samples, temperature, draws, gen)
-                    values = self.number_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).cpu().numpy())
-                    raw[idx] = values.reshape(len(idx), len(decoded), num_samples)
+                    batch = self._pad([ids[i] for i in idx])
+                    values = []
+                    for module in self.member_modules:
+                        tokens = self._decode(module, batch, metric_ids, num_samples, temperature, draws, gen)
+                        values.append(self.number_tokenizer.decode_batch(tokens.reshape(-1, tokens.shape[-1]).cpu().numpy())
+                                      .reshape(len(idx), len(decoded), num_samples))
+                    # An ensemble: the members' quantiles averaged (as for equivalents, below).
+                    raw[idx] = values[0] if len(values) == 1 else np.mean(np.sort(values, axis=-1), axis=0)
                     bar.update(len(idx))
         finally:
             self.module.train(was_training)
@@ -474,7 +535,8 @@ class RLM:
             samples = pooled / np.bincount(owner, minlength=len(inputs))[:, None, None]
         return Prediction(tuple(metrics), samples, extrapolated)
 
-    def _decode(self, batch, metric_ids: list[int], k: int, temperature: float, draws: str, gen: torch.Generator) -> torch.Tensor:
+    def _decode(self, module: RLMModule, batch, metric_ids: list[int], k: int, temperature: float, draws: str,
+                gen: torch.Generator) -> torch.Tensor:
         """Grammar-constrained decoding by inverse CDF: ``(N, M * k, L)`` number-token ids.
 
         Each number is read off one level ``u`` in [0, 1): at every position the allowed tokens are
@@ -483,12 +545,12 @@ class RLM:
         within that slice. A uniformly random ``u`` is exactly ancestral sampling; a fixed ``u``
         gives the value at that quantile of the model's distribution.
         """
-        memory = self.module.encode(*batch)
+        memory = module.encode(*batch)
         n, m = batch[0].shape[0], len(metric_ids)
         # Step 0 reads only the metric token, identical for the k draws: run it once per metric
         # and then repeat its cache k times.
         tok = torch.tensor(metric_ids, device=self.device).expand(n, m)[..., None]
-        logits, cache = self.module.decode(tok, memory, start=0)
+        logits, cache = module.decode(tok, memory, start=0)
         logits = logits.repeat_interleave(k, dim=1)
         cache = [tuple(c.view(n, m, *c.shape[1:]).repeat_interleave(k, 1).flatten(0, 1) for c in kv) for kv in cache]
         if draws == "random":
@@ -497,9 +559,9 @@ class RLM:
             u = ((torch.arange(k, dtype=torch.float64, device=self.device) + 0.5) / k).repeat(m).expand(n, m * k)
         nt = self.number_tokenizer
         out, negative, negative_exponent = [], torch.zeros(n, m * k, dtype=torch.bool, device=self.device), None
-        for step in range(self.module.number_length):
+        for step in range(module.number_length):
             if step:
-                logits, cache = self.module.decode(tok, memory, start=step, cache=cache)
+                logits, cache = module.decode(tok, memory, start=step, cache=cache)
             logits = logits[:, :, -1]
             if temperature == 0:
                 nxt = logits.argmax(-1)
@@ -546,6 +608,7 @@ class RLM:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.config),
+            "members": len(self.member_modules),
             "metrics": self._metrics,
             "known_pairs": sorted(map(list, self._known)),
             "calibration": {m: [a, w] for m, (a, w) in sorted(self._calibration.items())},
@@ -583,6 +646,9 @@ class RLM:
             metrics = _check_new_metrics([], meta["metrics"])
             pairs = [tuple(p) for p in meta["known_pairs"]]
             calibration = {str(m): (a, b) for m, (a, b) in meta.get("calibration", {}).items()}
+            members = meta.get("members", 1)
+            if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+                raise CheckpointError(f"{cfg_file}: 'members' is {members!r}, expected an int >= 1")
         except CheckpointError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as err:
@@ -596,7 +662,8 @@ class RLM:
         tok = TextTokenizer.load(path)
         if tok.vocab_size != meta.get("text_vocab_size", tok.vocab_size):
             raise CheckpointError(f"{path / 'tokenizer.json'} has {tok.vocab_size} tokens but {cfg_file} expects {meta['text_vocab_size']}")
-        module = RLMModule(config, tok.vocab_size, len(metrics))
+        modules = [RLMModule(config, tok.vocab_size, len(metrics)) for _ in range(members)]
+        module = modules[0] if members == 1 else EnsembleModule(modules)
         module.load_state_dict(_load_weights(path / WEIGHTS_FILE, module.state_dict()))
         rlm = cls(config, tok, metrics, module)
         rlm.register_pairs(pairs)
@@ -609,7 +676,8 @@ class RLM:
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
-        return f"RLM({n / 1e6:.2f}M params, {len(self._metrics)} metrics, {len(self._known)} known pairs)"
+        ensemble = f", an ensemble of {len(self.member_modules)}" if isinstance(self.module, EnsembleModule) else ""
+        return f"RLM({n / 1e6:.2f}M params{ensemble}, {len(self._metrics)} metrics, {len(self._known)} known pairs)"
 
 
 def _load_weights(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

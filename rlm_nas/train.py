@@ -394,7 +394,7 @@ def save_best(out: Path, rlm) -> None:
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
 RUN_ARGS = ("config", "encoder", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
-            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init",
+            "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init", "tokenizer",
             "metric_weights", "equivalents", "space_repeats")
 
 
@@ -412,6 +412,9 @@ def parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights and tokenizer (a folder or 'default'; --config and "
                         "--encoder are then ignored) with a fresh optimizer and LR schedule: a second stage of training. Give it "
                         "--holdout CHECKPOINT/metrics.json so validation stays on architectures it never trained on")
+    p.add_argument("--tokenizer", default=None, metavar="CHECKPOINT",
+                   help="fresh weights, but this checkpoint's text tokenizer instead of learning one (a folder or 'default'): "
+                        "runs that share a tokenizer can be joined into one model (RLM.ensemble)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of ARCHITECTURES held out per space")
     p.add_argument("--holdout", default=None, help="JSON file of [space, arch] pairs to hold out instead (or a metrics.json of an earlier run)")
     p.add_argument("--exclude", default=None, help="JSON file of [space, arch] pairs (or {\"archs\": [...]}) never to train or validate on")
@@ -515,7 +518,7 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     """Train as ``args`` says; returns the content of ``OUT/metrics.json``."""
     from tqdm.auto import tqdm
 
-    from rlm_nas.model import RLM
+    from rlm_nas.model import RLM, checkpoint_dir
     from rlm_nas.tokenizers.text import TextTokenizer
 
     t0 = time.monotonic()
@@ -532,6 +535,8 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
             setattr(args, k, state["args"].get(k, getattr(args, k)))  # .get: checkpoints from before an argument existed
         log(f"resuming {ckpt_dir} at step {state['step']}")
     weight = metric_weights(args.metric_weights)
+    if args.init and args.tokenizer:
+        raise DataError(f"--tokenizer {args.tokenizer}: --init {args.init} brings its own tokenizer; give one of the two")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -569,6 +574,12 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
             rlm.add_metrics(new)
         if not args.holdout:
             log(f"warning: --init without --holdout: validation may score architectures {args.init} trained on")
+    elif args.tokenizer:
+        try:
+            tok = TextTokenizer.load(checkpoint_dir(args.tokenizer))
+        except (OSError, ValueError) as e:
+            raise DataError(f"--tokenizer {args.tokenizer}: {e}") from None
+        rlm = RLM.create(config, tok, metrics, seed=args.seed)
     else:
         # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
         # small and shared within a space, so a few hundred texts per space cover it.

@@ -261,6 +261,9 @@ def test_checkpoint_errors_name_the_file(rlm, tmp_path, monkeypatch):
     cfg.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="model.safetensors: tensor .* has shape"):
         RLM.from_pretrained(tmp_path)
+    cfg.write_text(good.replace('"members": 1', '"members": 0'))
+    with pytest.raises(CheckpointError, match="'members' is 0, expected an int >= 1"):
+        RLM.from_pretrained(tmp_path)
     cfg.write_text(good)
 
     weights.write_bytes(weights.read_bytes()[:100])
@@ -335,6 +338,46 @@ def test_equivalents_average_the_quantiles_of_equivalent_genotypes(tiny_rlm):  #
     for inputs, space in ((archs, "nb201"), ([darts.to_text(g) for g in genotypes], "darts")):
         np.testing.assert_array_equal(tiny_rlm.predict(inputs, ["params"], space=space, num_samples=3, equivalents=8).samples,
                                       tiny_rlm.predict(inputs, ["params"], space=space, num_samples=3).samples)
+
+
+def test_ensemble_averages_its_members_quantiles_and_round_trips(rlm, tok, data, tmp_path):
+    other = RLM.create(make_config("tiny"), tok, METRICS, seed=1)  # another run: other weights
+    other.register_pairs([("synth", METRICS[0])])
+    ens = RLM.ensemble([rlm, other])
+    assert len(ens.member_modules) == 2 and "an ensemble of 2" in repr(ens)
+    assert ens.known_pairs == {("synth", METRICS[0])}  # known only where every member is
+    texts = list(data)[:5]
+    for draws in ("quantiles", "random"):
+        each = [m.predict(texts, METRICS, num_samples=6, draws=draws, seed=3).samples for m in (rlm, other)]
+        pred = ens.predict(texts, METRICS, num_samples=6, draws=draws, seed=3)
+        if draws == "quantiles":  # the same quantile levels in each member: their average, level by level
+            np.testing.assert_allclose(pred.samples, np.mean(np.sort(each, axis=-1), axis=0))
+        assert pred.samples.shape == (5, 2, 6) and np.isfinite(pred.samples).all()
+    ens.save_pretrained(tmp_path, dtype="float16")
+    loaded = RLM.from_pretrained(tmp_path)
+    assert len(loaded.member_modules) == 2 and loaded.known_pairs == ens.known_pairs
+    # float16 storage: close to, not equal to, the float32 ensemble
+    np.testing.assert_allclose(loaded.predict(texts, METRICS).median, ens.predict(texts, METRICS).median, rtol=0.05)
+
+
+def test_an_ensemble_trains_and_grows_every_member(rlm, tok, data):
+    ens = RLM.ensemble([rlm, RLM.create(make_config("tiny"), tok, METRICS, seed=1)])
+    ens.add_metrics(["latency:new"])
+    assert all(m.decoder.embed_tokens.num_embeddings == N_NUM + 3 for m in ens.member_modules)
+    before = [m.head.weight.detach().clone() for m in ens.member_modules]
+    ens.loss(list(data)[:4], [["latency:new"]] * 4, [[1.0], [2.0], [3.0], [4.0]]).backward()
+    torch.optim.SGD(ens.module.parameters(), lr=0.1).step()
+    assert all(not torch.equal(b, m.head.weight) for b, m in zip(before, ens.member_modules))
+
+
+def test_ensemble_members_must_share_tokenizer_and_metrics(rlm, tok, data):
+    with pytest.raises(ValueError, match="at least two"):
+        RLM.ensemble([rlm])
+    with pytest.raises(ValueError, match="member #1's metrics differs"):
+        RLM.ensemble([rlm, RLM.create(make_config("tiny"), tok, METRICS[:1], seed=1)])
+    other_tok = TextTokenizer.train(list(data)[100:400], vocab_size=200)
+    with pytest.raises(ValueError, match="member #1's text tokenizer differs.*--tokenizer"):
+        RLM.ensemble([rlm, RLM.create(make_config("tiny"), other_tok, METRICS, seed=1)])
 
 
 def test_extrapolated_flags_pairs_without_training_data(rlm, data):

@@ -31,12 +31,23 @@ def test_training_record_takes_the_shipped_weights_rows_from_scores(tmp_path):
     run = _metrics(tmp_path / "run", run_rows, best_step=4)
     scores = _metrics(tmp_path / "scores", shipped_rows, best_step=0)
 
-    plain = card.training_record(run)
+    plain = card.training_record([run])
     assert plain["val"] == run_rows and "history" not in plain and "val_archs" not in plain["split"]
-    shipped = card.training_record(run, scores)
+    shipped = card.training_record([run], scores)
     assert shipped["val"] == shipped_rows
     assert shipped["best"]["step"] == 4  # the run's own pick is still on record
     assert "re-scored" in shipped["val_weights"]
+
+
+def test_an_ensembles_card_and_record_show_the_ensemble_and_each_member(tmp_path):
+    card = _module()
+    rows = [{"space": "nb201", "metric": "flops", "n": 9, "spearman": 0.8, "kendall": 0.7}]
+    runs = [_metrics(tmp_path / f"m{i}", [], best_step=i) for i in (1, 2)]
+    scores = _metrics(tmp_path / "scores", rows, best_step=0)
+    record = card.training_record(runs, scores)
+    assert record["val"] == rows and [m["best"]["step"] for m in record["members"]] == [1, 2]
+    text = card.card(runs, "two runs", "1 h", "1 GiB", "modernbert", ("g", "a"), scores)
+    assert text.startswith("# rlm-nas default checkpoint\n\nAn ensemble of 2 ") and "| nb201 | flops | 9 | 0.800 | 0.700 |" in text
 
 
 def test_decoding_remarks_quote_only_reports_of_these_weights(tmp_path):

@@ -164,6 +164,19 @@ def test_second_stage_from_a_checkpoint_keeps_its_tokenizer_and_validation(refer
     assert not same_weights(reference, out)
 
 
+def test_a_run_with_another_runs_tokenizer_joins_it_in_an_ensemble(reference, data, tmp_path):
+    """``--tokenizer`` starts from fresh weights (another seed) but reads text like ``reference``."""
+    from rlm_nas.model import RLM
+
+    out = tmp_path / "second"
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-steps", "2", "--seed", "1",
+                 "--tokenizer", str(reference), "--holdout", str(reference / "metrics.json")]) == 0
+    assert (out / "tokenizer.json").read_text() == (reference / "tokenizer.json").read_text()
+    assert len(RLM.ensemble([RLM.from_pretrained(reference), RLM.from_pretrained(out)]).member_modules) == 2
+    assert main(["--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, "--tokenizer", str(tmp_path / "nowhere")]) == 2
+    assert main(["--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, "--tokenizer", str(reference), "--init", str(reference)]) == 2
+
+
 def test_zero_steps_scores_the_init_weights_unchanged(reference, data, tmp_path):
     """``--max-steps 0 --init CKPT`` trains nothing and writes the validation scores of CKPT's weights."""
     out = tmp_path / "score"
