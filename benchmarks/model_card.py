@@ -97,14 +97,18 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
     # neither stage ever trained on them.
     validation = (f"validation architectures: the first stage's (`--holdout`), never trained on by either stage"
                   if split.get("holdout") else f"validation fraction {split['val_fraction']} per space, seed {split['seed']}")
+    if len(runs) > 1:  # later members train with --holdout of the first: one validation set, never trained on
+        validation = (f"validation architectures: the first member's ({validation}); the other members held them out "
+                      "(`--holdout`), so no member trained on them")
     lines = [
         "# rlm-nas default checkpoint",
         "",
-        (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (`RLM.ensemble`: the "
-         "median is their mean median)," if len(runs) > 1 else "An encoder-decoder regression language model")
-        + f" ({ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
+        (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (each" if len(runs) > 1
+         else "An encoder-decoder regression language model (") + f"{' ' if len(runs) > 1 else ''}{ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
         "trained from scratch on a 2-core CPU) that reads `\"{space}\\n\\n{canonical ONNX text}\"` and writes each metric as",
-        "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`.",
+        "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`."
+        + (" Each member draws the requested samples and `RLM.predict` averages their sorted draws (their quantiles)."
+           if len(runs) > 1 else ""),
         "",
         f"- Training command: `{command}`",
         f"- Wall time: {wall}; peak memory: {peak_mem}; steps of the last stage: {steps}" + weights,
