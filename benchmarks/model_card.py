@@ -75,19 +75,18 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
          scores: Path | None = None) -> str:
     """The card's markdown; ``runs``: one per ensemble member; ``remarks``: :func:`decoding_remarks`."""
     greedy, average = remarks
-    m = json.loads((runs[0] / "metrics.json").read_text())
     members = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    m = members[0]
+    s = None if scores is None else json.loads((scores / "metrics.json").read_text())
     steps = " and ".join(f"{x['steps']} ({x.get('stopped') or 'schedule completed'})" for x in members)
     if len(runs) > 1:
-        s = json.loads((scores / "metrics.json").read_text())
         rows = s["val"]
         own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in members)
         weights = (f"; each member's weights are its last stage's best; the ensemble's validation mean Spearman "
                    f"{s['best']['mean_spearman']:.3f} (the members': {own})")
-    elif scores is None:
+    elif s is None:
         rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
     else:
-        s = json.loads((scores / "metrics.json").read_text())
         rows = s["val"]
         weights = (f"; the weights are the last step's (validation mean Spearman {s['best']['mean_spearman']:.3f}; "
                    f"the best, {m['best']['mean_spearman']:.3f}, was step {m['best']['step']}'s)")
@@ -100,11 +99,12 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
     if len(runs) > 1:  # later members train with --holdout of the first: one validation set, never trained on
         validation = (f"validation architectures: the first member's ({validation}); the other members held them out "
                       "(`--holdout`), so no member trained on them")
+    what = (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (each "
+            if len(runs) > 1 else "An encoder-decoder regression language model (")
     lines = [
         "# rlm-nas default checkpoint",
         "",
-        (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (each" if len(runs) > 1
-         else "An encoder-decoder regression language model (") + f"{' ' if len(runs) > 1 else ''}{ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
+        f"{what}{ENCODER_NAMES[encoder]} and a T5 decoder from `transformers`,",
         "trained from scratch on a 2-core CPU) that reads `\"{space}\\n\\n{canonical ONNX text}\"` and writes each metric as",
         "sign, exponent and mantissa tokens under a grammar mask. Load it with `RLM.from_pretrained(\"default\")`."
         + (" Each member draws the requested samples and `RLM.predict` averages their sorted draws (their quantiles)."

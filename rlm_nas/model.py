@@ -185,10 +185,6 @@ class EnsembleModule(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    @property
-    def number_length(self) -> int:
-        return self.members[0].number_length
-
     def forward(self, input_ids, attention_mask, decoder_input_ids, labels=None):
         """The members' mean logits, or with ``labels`` their mean loss."""
         return torch.stack([m(input_ids, attention_mask, decoder_input_ids, labels) for m in self.members]).mean(0)

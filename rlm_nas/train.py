@@ -574,19 +574,19 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
             rlm.add_metrics(new)
         if not args.holdout:
             log(f"warning: --init without --holdout: validation may score architectures {args.init} trained on")
-    elif args.tokenizer:
-        try:
-            tok = TextTokenizer.load(checkpoint_dir(args.tokenizer))
-        except (OSError, ValueError) as e:
-            raise DataError(f"--tokenizer {args.tokenizer}: {e}") from None
-        rlm = RLM.create(config, tok, metrics, seed=args.seed)
     else:
-        # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
-        # small and shared within a space, so a few hundred texts per space cover it.
-        sample = eval_subset(train_items, 300, args.seed + 1)
-        corpus = dist.map_shards(lambda part: [texts(it) for it in tqdm(part, desc="texts for tokenizer", leave=False,
-                                                                       disable=not dist.main or args.no_progress)], sample)
-        tok = TextTokenizer.train(corpus, args.vocab_size or config.text_vocab_size)
+        if args.tokenizer:
+            try:
+                tok = TextTokenizer.load(checkpoint_dir(args.tokenizer))
+            except (OSError, ValueError) as e:
+                raise DataError(f"--tokenizer {args.tokenizer}: {e}") from None
+        else:
+            # BPE over a stratified sample of training texts: the vocabulary of the canonical text is
+            # small and shared within a space, so a few hundred texts per space cover it.
+            sample = eval_subset(train_items, 300, args.seed + 1)
+            corpus = dist.map_shards(lambda part: [texts(it) for it in tqdm(part, desc="texts for tokenizer", leave=False,
+                                                                           disable=not dist.main or args.no_progress)], sample)
+            tok = TextTokenizer.train(corpus, args.vocab_size or config.text_vocab_size)
         rlm = RLM.create(config, tok, metrics, seed=args.seed)
     rlm.register_pairs(sorted({(e.space, e.metric) for e in train_ex}))
     module = rlm.module.to(dist.device)
