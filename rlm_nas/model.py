@@ -248,6 +248,38 @@ class RLM:
             out.calibrate(m, a, b)
         return out
 
+    @classmethod
+    def average(cls, rlms: Sequence["RLM"]) -> "RLM":
+        """One model whose weights are the mean of ``rlms``' weights: a uniform "model soup" of
+        checkpoints from *one* training run (e.g. a stage's best and last weights, or one stage's
+        end and the next one's), which lie in one basin. Independently trained runs do not (their
+        units are permuted): join those with :meth:`ensemble` instead. On this project's
+        validation architectures the soup of two checkpoints ranked better than either
+        (``benchmarks/RESULTS.md``); it costs no training and predicts as fast as one model.
+
+        The models must share the model config, text tokenizer, metrics and calibration, and be
+        single models; the result knows the pairs that every one of them knows.
+        """
+        rlms = list(rlms)
+        if len(rlms) < 2 or not all(isinstance(r, RLM) for r in rlms):
+            raise ValueError(f"average: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
+        first = rlms[0]
+        for i, r in enumerate(rlms):
+            if isinstance(r.module, EnsembleModule):
+                raise ValueError(f"average: model #{i} is an ensemble; average the checkpoints of each run, then join them with RLM.ensemble")
+            for what, mine, theirs in (("model config", r.config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
+                                       ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
+                if mine != theirs:
+                    raise ValueError(f"average: model #{i}'s {what} differs from model #0's; only checkpoints of one run can be averaged")
+        states = [r.module.state_dict() for r in rlms]
+        module = copy.deepcopy(first.module)
+        module.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) for k, v in states[0].items()})
+        out = cls(first.config, first.text_tokenizer, first.metrics, module)
+        out.register_pairs(set.intersection(*(r.known_pairs for r in rlms)))
+        for m, (a, b) in first.calibration.items():
+            out.calibrate(m, a, b)
+        return out
+
     @property
     def member_modules(self) -> list[RLMModule]:
         """The :class:`RLMModule` s that predict: one, or an ensemble's members."""

@@ -380,6 +380,24 @@ def test_ensemble_members_must_share_tokenizer_and_metrics(rlm, tok, data):
         RLM.ensemble([rlm, RLM.create(make_config("tiny"), other_tok, METRICS, seed=1)])
 
 
+def test_average_is_the_mean_of_the_weights_of_one_runs_checkpoints(rlm, tok, data):
+    later = RLM.ensemble([rlm, rlm]).member_modules[1]  # a copy of rlm's module, then one step on
+    later_rlm = RLM(rlm.config, rlm.text_tokenizer, rlm.metrics, later)
+    later_rlm.register_pairs(rlm.known_pairs)
+    later_rlm.loss(list(data)[:4], [[METRICS[0]]] * 4, [[1.0], [2.0], [3.0], [4.0]]).backward()
+    torch.optim.SGD(later.parameters(), lr=0.1).step()
+    soup = RLM.average([rlm, later_rlm])
+    for name, w in soup.module.state_dict().items():
+        torch.testing.assert_close(w, (rlm.module.state_dict()[name] + later.state_dict()[name]) / 2)
+    assert soup.module is not rlm.module and soup.known_pairs == rlm.known_pairs
+    with pytest.raises(ValueError, match="at least two"):
+        RLM.average([rlm])
+    with pytest.raises(ValueError, match="model #1 is an ensemble"):
+        RLM.average([rlm, RLM.ensemble([rlm, later_rlm])])
+    with pytest.raises(ValueError, match="model #1's metrics differs"):
+        RLM.average([rlm, RLM.create(make_config("tiny"), tok, METRICS[:1], seed=1)])
+
+
 def test_extrapolated_flags_pairs_without_training_data(rlm, data):
     # canonical text given with its space: nb201 was never trained on, so every metric is a guess
     pred = rlm.predict(["Relu 1\nout 1"], METRICS, space="nb201", num_samples=2)
