@@ -72,8 +72,11 @@ def decoding_remarks(checkpoint: Path, results: Path) -> tuple[str, str]:
 
 
 def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str, remarks: tuple[str, str],
-         scores: Path | None = None) -> str:
-    """The card's markdown; ``runs``: one per ensemble member; ``remarks``: :func:`decoding_remarks`."""
+         scores: Path | None = None, member_weights: str = "its last stage's best",
+         member_scores: list[Path] | None = None) -> str:
+    """The card's markdown; ``runs``: one per ensemble member; ``remarks``: :func:`decoding_remarks`;
+    ``member_weights``: what each member's weights are; ``member_scores``: zero-step runs that scored
+    each member's shipped weights (when those are not its run's best, e.g. ``RLM.average``)."""
     greedy, average = remarks
     members = [json.loads((r / "metrics.json").read_text()) for r in runs]
     m = members[0]
@@ -81,8 +84,9 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
     steps = " and ".join(f"{x['steps']} ({x.get('stopped') or 'schedule completed'})" for x in members)
     if len(runs) > 1:
         rows = s["val"]
-        own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in members)
-        weights = (f"; each member's weights are its last stage's best; the ensemble's validation mean Spearman "
+        own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in
+                        ([json.loads((r / "metrics.json").read_text()) for r in member_scores] if member_scores else members))
+        weights = (f"; each member's weights are {member_weights}; the ensemble's validation mean Spearman "
                    f"{s['best']['mean_spearman']:.3f} (the members': {own})")
     elif s is None:
         rows, weights = m["val"], (f"; the weights are step {m['best']['step']}'s, the best validation score" if m.get("best") else "")
@@ -162,6 +166,9 @@ def main() -> None:
     p.add_argument("--peak-mem", required=True)
     p.add_argument("--scores", type=Path, default=None,
                    help="folder of a --max-steps 0 run that scored the shipped weights (when they are not the run's best)")
+    p.add_argument("--member-weights", default="its last stage's best", help="what each ensemble member's weights are, for the card")
+    p.add_argument("--member-scores", type=Path, nargs="+", default=None,
+                   help="per ensemble member, a --max-steps 0 run that scored its shipped weights (when they are not its run's best)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                    help="folder of sample_count.json and equivalents.json (run them on the shipped weights first)")
     args = p.parse_args()
@@ -169,8 +176,12 @@ def main() -> None:
         p.error("an ensemble (several --run) needs --scores: a zero-step run that scored the ensemble itself")
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder,
-                                                     decoding_remarks(args.checkpoint, args.results), args.scores))
-    (args.checkpoint / "training.json").write_text(json.dumps(training_record(args.run, args.scores), indent=1) + "\n")
+                                                     decoding_remarks(args.checkpoint, args.results), args.scores,
+                                                     args.member_weights, args.member_scores))
+    record = training_record(args.run, args.scores)
+    if len(args.run) > 1:
+        record["member_weights"] = args.member_weights
+    (args.checkpoint / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.checkpoint / 'README.md'} and training.json")
 
 
