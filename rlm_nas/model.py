@@ -231,22 +231,8 @@ class RLM:
         The members must share the model config, text tokenizer (train the later ones with
         ``--tokenizer``), metrics and calibration; a pair is known when every member knows it.
         """
-        rlms = list(rlms)
-        if len(rlms) < 2 or not all(isinstance(r, RLM) for r in rlms):
-            raise ValueError(f"ensemble: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
-        first = rlms[0]
-        for i, r in enumerate(rlms[1:], 1):
-            for what, mine, theirs in (("model config", r.config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
-                                       ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
-                if mine != theirs:
-                    raise ValueError(f"ensemble: member #{i}'s {what} differs from member #0's; members must share it "
-                                     "(train later members with --tokenizer of the first)")
-        modules = [copy.deepcopy(m) for r in rlms for m in r.member_modules]
-        out = cls(first.config, first.text_tokenizer, first.metrics, EnsembleModule(modules))
-        out.register_pairs(set.intersection(*(r.known_pairs for r in rlms)))
-        for m, (a, b) in first.calibration.items():
-            out.calibrate(m, a, b)
-        return out
+        rlms = cls._joinable(rlms, "ensemble", "member", "members must share it (train later members with --tokenizer of the first)")
+        return cls._joined(rlms, EnsembleModule([copy.deepcopy(m) for r in rlms for m in r.member_modules]))
 
     @classmethod
     def average(cls, rlms: Sequence["RLM"]) -> "RLM":
@@ -260,20 +246,33 @@ class RLM:
         The models must share the model config, text tokenizer, metrics and calibration, and be
         single models; the result knows the pairs that every one of them knows.
         """
-        rlms = list(rlms)
-        if len(rlms) < 2 or not all(isinstance(r, RLM) for r in rlms):
-            raise ValueError(f"average: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
-        first = rlms[0]
+        rlms = cls._joinable(rlms, "average", "model", "only checkpoints of one run can be averaged")
         for i, r in enumerate(rlms):
             if isinstance(r.module, EnsembleModule):
                 raise ValueError(f"average: model #{i} is an ensemble; average the checkpoints of each run, then join them with RLM.ensemble")
+        states = [r.module.state_dict() for r in rlms]
+        module = copy.deepcopy(rlms[0].module)
+        module.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) for k, v in states[0].items()})
+        return cls._joined(rlms, module)
+
+    @staticmethod
+    def _joinable(rlms: Sequence["RLM"], op: str, noun: str, hint: str) -> list["RLM"]:
+        """``rlms`` as a list of two or more that share what :meth:`ensemble` and :meth:`average` need."""
+        rlms = list(rlms)
+        if len(rlms) < 2 or not all(isinstance(r, RLM) for r in rlms):
+            raise ValueError(f"{op}: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
+        first = rlms[0]
+        for i, r in enumerate(rlms[1:], 1):
             for what, mine, theirs in (("model config", r.config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
                                        ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
                 if mine != theirs:
-                    raise ValueError(f"average: model #{i}'s {what} differs from model #0's; only checkpoints of one run can be averaged")
-        states = [r.module.state_dict() for r in rlms]
-        module = copy.deepcopy(first.module)
-        module.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) for k, v in states[0].items()})
+                    raise ValueError(f"{op}: {noun} #{i}'s {what} differs from {noun} #0's; {hint}")
+        return rlms
+
+    @classmethod
+    def _joined(cls, rlms: list["RLM"], module: nn.Module) -> "RLM":
+        """An RLM of ``module`` with ``rlms``' shared setup; a pair is known where all of them know it."""
+        first = rlms[0]
         out = cls(first.config, first.text_tokenizer, first.metrics, module)
         out.register_pairs(set.intersection(*(r.known_pairs for r in rlms)))
         for m, (a, b) in first.calibration.items():
