@@ -84,8 +84,8 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
     steps = " and ".join(f"{x['steps']} ({x.get('stopped') or 'schedule completed'})" for x in members)
     if len(runs) > 1:
         rows = s["val"]
-        own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in
-                        ([json.loads((r / "metrics.json").read_text()) for r in member_scores] if member_scores else members))
+        scored = [json.loads((r / "metrics.json").read_text()) for r in member_scores] if member_scores else members
+        own = ", ".join(f"{x['best']['mean_spearman']:.3f}" for x in scored)
         weights = (f"; each member's weights are {member_weights}; the ensemble's validation mean Spearman "
                    f"{s['best']['mean_spearman']:.3f} (the members': {own})")
     elif s is None:
@@ -174,6 +174,8 @@ def main() -> None:
     args = p.parse_args()
     if len(args.run) > 1 and args.scores is None:
         p.error("an ensemble (several --run) needs --scores: a zero-step run that scored the ensemble itself")
+    if args.member_scores and len(args.member_scores) != len(args.run):
+        p.error(f"--member-scores takes one folder per --run ({len(args.run)}), got {len(args.member_scores)}")
     encoder = ModelConfig.from_saved(json.loads((args.checkpoint / "config.json").read_text())["model_config"]).encoder
     (args.checkpoint / "README.md").write_text(card(args.run, args.command, args.wall, args.peak_mem, encoder,
                                                      decoding_remarks(args.checkpoint, args.results), args.scores,
