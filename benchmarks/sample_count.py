@@ -58,14 +58,19 @@ def weights_digest(checkpoint: str | Path) -> str:
     return hashlib.sha256((checkpoint_dir(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
 
 
-def validation_examples(args: argparse.Namespace) -> list:
-    """The validation examples of the run that :func:`add_validation_args` describes."""
+def run_split(args: argparse.Namespace) -> tuple[list, list]:
+    """(training, validation) examples of the run that :func:`add_validation_args` describes."""
     from rlm_nas.data import split_by_arch
     from rlm_nas.train import load_examples
 
     # The trainer's own loading: synthetic archs change each space's architecture set, hence the split.
     examples = load_examples(args.data, args.synthetic_per_space, args.split_seed, args.exclude, progress=True)[0]
-    return split_by_arch(examples, args.val_fraction, args.split_seed)[1]
+    return split_by_arch(examples, args.val_fraction, args.split_seed)
+
+
+def validation_examples(args: argparse.Namespace) -> list:
+    """The validation examples of the run that :func:`add_validation_args` describes."""
+    return run_split(args)[1]
 
 
 def main(argv=None) -> int:
