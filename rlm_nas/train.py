@@ -18,6 +18,7 @@ decides *when* to stop, never what a step computes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlm_nas.config import ENCODERS, make_config
+from rlm_nas.config import ENCODERS, ModelConfig, make_config
 from rlm_nas.core import Example
 from rlm_nas.data import ArchItem, DataError, format_report, group_by_arch, hold_out, load_dir, split_by_arch, synthetic_complexity
 
@@ -140,6 +141,22 @@ def space_repeats(specs: Sequence[str], spaces: Iterable[str]) -> dict[str, int]
                             f"the training spaces: {', '.join(known)}")
         repeats[space] = int(n)
     return repeats
+
+
+def model_overrides(specs: Sequence[str]) -> dict[str, int | float | str]:
+    """``["d_model=192", ...]`` as :func:`make_config` overrides, each value of its field's type."""
+    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    overrides: dict[str, int | float | str] = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        if name not in fields or not value:
+            raise DataError(f"--model: {spec!r} is not FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        kind = {"int": int, "float": float}.get(fields[name], str)
+        try:
+            overrides[name] = kind(value)
+        except ValueError:
+            raise DataError(f"--model: {name} must be {'an int' if kind is int else 'a number'}, got {value!r}") from None
+    return overrides
 
 
 def batch_order(spaces: Sequence[str], per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -392,7 +409,7 @@ def save_best(out: Path, rlm) -> None:
 
 # --- the run ------------------------------------------------------------------------------------
 #: Arguments that define the run; ``--resume`` takes them from the checkpoint, not the command line.
-RUN_ARGS = ("config", "encoder", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
+RUN_ARGS = ("config", "encoder", "model", "seed", "val_fraction", "batch_size", "lr", "weight_decay", "vocab_size", "epochs", "max_steps",
             "warmup", "metrics_per_arch", "synthetic_per_space", "eval_every", "eval_archs", "eval_samples", "patience",
             "checkpoint_every", "precision", "holdout", "exclude", "exclude_metrics", "clip", "init", "tokenizer",
             "metric_weights", "equivalents", "space_repeats")
@@ -405,6 +422,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: best model, metrics.json, last/ (training state)")
     p.add_argument("--config", default="small", choices=["tiny", "small", "base"], help="model size preset")
     p.add_argument("--encoder", default=None, choices=ENCODERS, help="encoder stack (default: the preset's, modernbert)")
+    p.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fields of the --config preset to change (rlm_nas.config.ModelConfig), e.g. 'd_model=192 heads=6 d_ff=768'")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this invocation; a checkpoint is saved when it runs out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/last exactly (run arguments come from the checkpoint)")
@@ -535,6 +554,11 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
             setattr(args, k, state["args"].get(k, getattr(args, k)))  # .get: checkpoints from before an argument existed
         log(f"resuming {ckpt_dir} at step {state['step']}")
     weight = metric_weights(args.metric_weights)
+    overrides = {**({"encoder": args.encoder} if args.encoder else {}), **model_overrides(args.model)}
+    try:  # checked before the slow part
+        config = make_config(args.config, **overrides)
+    except ValueError as e:
+        raise DataError(f"--model {' '.join(args.model)}: {e}") from None
     if args.init and args.tokenizer:
         raise DataError(f"--tokenizer {args.tokenizer}: --init {args.init} brings its own tokenizer; give one of the two")
     random.seed(args.seed)
@@ -561,7 +585,6 @@ def run(args: argparse.Namespace, dist: Dist) -> dict:
     texts = Texts(args.equivalents)
 
     # --- model ----------------------------------------------------------------------------
-    config = make_config(args.config, **({"encoder": args.encoder} if args.encoder else {}))
     metrics = sorted({e.metric for e in examples})
     if state:
         rlm = RLM.from_pretrained(ckpt_dir)

@@ -249,6 +249,25 @@ def test_space_repeats_show_a_space_more_often(data, tmp_path, capsys):
         in capsys.readouterr().err
 
 
+def test_model_fields_change_the_preset(data, tmp_path, capsys):
+    import torch
+
+    from rlm_nas.model import RLM
+
+    out = tmp_path / "wide"
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--max-minutes", "0.0001", "--model", "d_model=96", "d_ff=192"]) == 0
+    config = RLM.from_pretrained(out / "last").config
+    assert (config.d_model, config.d_ff, config.heads) == (96, 192, 4)  # the rest is the tiny preset's
+    assert torch.load(out / "last" / "state.pt", weights_only=False)["args"]["model"] == ["d_model=96", "d_ff=192"]  # --resume keeps them
+    bad = lambda *model: main(["--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, "--model", *model])  # noqa: E731
+    assert bad("width=96") == 2
+    assert "--model: 'width=96' is not FIELD=VALUE with FIELD one of encoder, d_model," in capsys.readouterr().err
+    assert bad("d_model=wide") == 2
+    assert "--model: d_model must be an int, got 'wide'" in capsys.readouterr().err
+    assert bad("d_model=90") == 2  # not divisible by the preset's 4 heads
+    assert "ModelConfig.d_model (90) must be divisible by heads (4)" in capsys.readouterr().err
+
+
 def test_metric_weights_favour_a_metric_in_the_draw(tmp_path, capsys):
     from rlm_nas.data import ArchItem
     from rlm_nas.train import metric_subset, metric_weights
