@@ -428,8 +428,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/last exactly (run arguments come from the checkpoint)")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
-                   help="start from this checkpoint's weights and tokenizer (a folder or 'default'; --config and "
-                        "--encoder are then ignored) with a fresh optimizer and LR schedule: a second stage of training. Give it "
+                   help="start from this checkpoint's weights and tokenizer (a folder or 'default'; --config, "
+                        "--encoder and --model are then ignored) with a fresh optimizer and LR schedule: a second stage of training. Give it "
                         "--holdout CHECKPOINT/metrics.json so validation stays on architectures it never trained on")
     p.add_argument("--tokenizer", default=None, metavar="CHECKPOINT",
                    help="fresh weights, but this checkpoint's text tokenizer instead of learning one (a folder or 'default'): "
