@@ -17,7 +17,6 @@ draw per genotype) with the label. Writes a markdown report (``--out``) and JSON
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sample_count import add_validation_args, validation_examples, weights_digest  # noqa: E402  (the default's validation split)
+from sample_count import add_validation_args, validation_examples, write_report  # noqa: E402  (the default's validation split)
 
 CELL_SPACES = ("nb301", "darts", "nasnet", "amoeba", "pnas", "enas")
 
@@ -88,11 +87,7 @@ def main(argv=None) -> int:
         gain = [r[k]["kendall"] - r[base]["kendall"] for r in rows]
         md.append(f"- k = {k} vs k = {base}: Kendall-tau higher on {sum(g > 0 for g in gain)}/{len(rows)} tasks, "
                   f"mean change {np.mean(gain):+.3f}.")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(args.checkpoint), "rows": rows}, indent=1))
-    print("\n".join(md))
+    write_report(args.out, md, command, args.checkpoint, rows)
     return 0
 
 

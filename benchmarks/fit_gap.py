@@ -19,7 +19,6 @@ on each genotype as given. Writes a markdown report (``--out``) and JSON beside 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from predictor_quality import TASKS, lightgbm, load_labels, one_hot  # noqa: E402
-from sample_count import add_validation_args, run_split, weights_digest  # noqa: E402
+from sample_count import add_validation_args, run_split, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -85,11 +84,7 @@ def main(argv=None) -> int:
           "|---|---:|---:|" + "---:|" * (len(cols) + 1)]
     md += [f"| {r['space']} {r['metric']} | {r['n train']} | {r['n validation']} | " + " | ".join(f"{r[c]:.3f}" for c in cols)
            + f" | {r['rlm train'] - r['rlm validation']:+.3f} |" for r in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(args.checkpoint), "rows": rows}, indent=1))
-    print("\n".join(md))
+    write_report(args.out, md, command, args.checkpoint, rows)
     return 0
 
 

@@ -68,6 +68,15 @@ def run_split(args: argparse.Namespace) -> tuple[list, list]:
     return split_by_arch(examples, args.val_fraction, args.split_seed)
 
 
+def write_report(out: str | Path, md: list[str], command: str, checkpoint: str | Path, rows: list[dict]) -> None:
+    """The markdown report ``out`` and its JSON beside it (the command, the weights' digest, the rows); print it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(md) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(checkpoint), "rows": rows}, indent=1))
+    print("\n".join(md))
+
+
 def validation_examples(args: argparse.Namespace) -> list:
     """The validation examples of the run that :func:`add_validation_args` describes."""
     return run_split(args)[1]
@@ -146,11 +155,7 @@ def main(argv=None) -> int:
         worse = sum(r[col] < r[f"median@{k_max}"] for r in rows)
         md.append(f"- {col} vs median@{k_max}: higher on {better}/{len(rows)} tasks, lower on {worse}, "
                   f"mean change {np.mean([r[col] - r[f'median@{k_max}'] for r in rows]):+.3f}.")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "weights": weights_digest(args.checkpoint), "rows": rows}, indent=1))
-    print("\n".join(md))
+    write_report(args.out, md, command, args.checkpoint, rows)
     return 0
 
 
