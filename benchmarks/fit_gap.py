@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from predictor_quality import TASKS, lightgbm, load_labels, one_hot  # noqa: E402
-from sample_count import add_validation_args, run_split, write_report  # noqa: E402
+from sample_count import add_validation_args, archs_by_space, run_split, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    train, val = ({s: sorted({e.arch for e in part if e.space == s}) for s in {e.space for e in part}} for part in run_split(args))
+    train, val = map(archs_by_space, run_split(args))
     labels = load_labels(Path(args.data[0]), TASKS)
     rlm = RLM.from_pretrained(args.checkpoint)
     rows = []
@@ -62,10 +62,11 @@ def main(argv=None) -> int:
         seen = random.Random(args.seed).sample(labelled, min(args.train_archs, len(labelled)))
         archs = seen + val[space]
         median = rlm.predict(archs, metrics, space=space, num_samples=1, progress=True).median
+        x_train, x_scored = one_hot(space, train[space]), one_hot(space, archs)  # once per space, not per metric
         for j, metric in enumerate(metrics):
             lab = labels[(space, metric)]  # NaN (held-out) labels are absent
-            fit = [a for a in train[space] if a in lab]
-            gbm = lightgbm(one_hot(space, fit), [lab[a] for a in fit], one_hot(space, archs), 0)
+            fit = [i for i, a in enumerate(train[space]) if a in lab]
+            gbm = lightgbm(x_train[fit], [lab[train[space][i]] for i in fit], x_scored, 0)
             row = {"space": space, "metric": metric, "lightgbm rows": len(fit)}
             for name, part in (("train", range(len(seen))), ("validation", range(len(seen), len(archs)))):
                 idx = [i for i in part if archs[i] in lab]

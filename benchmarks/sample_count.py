@@ -68,6 +68,14 @@ def run_split(args: argparse.Namespace) -> tuple[list, list]:
     return split_by_arch(examples, args.val_fraction, args.split_seed)
 
 
+def archs_by_space(examples) -> dict[str, list[str]]:
+    """``{space: sorted architectures}`` of ``examples``."""
+    archs: dict[str, set[str]] = defaultdict(set)
+    for e in examples:
+        archs[e.space].add(e.arch)
+    return {s: sorted(a) for s, a in archs.items()}
+
+
 def write_report(out: str | Path, md: list[str], command: str, checkpoint: str | Path, rows: list[dict]) -> None:
     """The markdown report ``out`` and its JSON beside it (the command, the weights' digest, the rows); print it."""
     out = Path(out)
@@ -104,10 +112,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    val: dict[str, set[str]] = defaultdict(set)
-    for e in validation_examples(args):
-        val[e.space].add(e.arch)
-    val = {s: sorted(a) for s, a in val.items()}
+    val = archs_by_space(validation_examples(args))
     labels = load_labels(Path(args.data[0]), TASKS)
     rlm = RLM.from_pretrained(args.checkpoint)
     k_max = max(args.counts)

@@ -145,13 +145,13 @@ def space_repeats(specs: Sequence[str], spaces: Iterable[str]) -> dict[str, int]
 
 def model_overrides(specs: Sequence[str]) -> dict[str, int | float | str]:
     """``["d_model=192", ...]`` as :func:`make_config` overrides, each value of its field's type."""
-    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    kinds = {f.name: type(getattr(ModelConfig(), f.name)) for f in dataclasses.fields(ModelConfig)}  # from the defaults
     overrides: dict[str, int | float | str] = {}
     for spec in specs:
         name, _, value = spec.partition("=")
-        if name not in fields or not value:
-            raise DataError(f"--model: {spec!r} is not FIELD=VALUE with FIELD one of {', '.join(fields)}")
-        kind = {"int": int, "float": float}.get(fields[name], str)
+        if name not in kinds or not value:
+            raise DataError(f"--model: {spec!r} is not FIELD=VALUE with FIELD one of {', '.join(kinds)}")
+        kind = kinds[name]
         try:
             overrides[name] = kind(value)
         except ValueError:
