@@ -145,7 +145,7 @@ def space_repeats(specs: Sequence[str], spaces: Iterable[str]) -> dict[str, int]
 
 def model_overrides(specs: Sequence[str]) -> dict[str, int | float | str]:
     """``["d_model=192", ...]`` as :func:`make_config` overrides, each value of its field's type."""
-    kinds = {f.name: type(getattr(ModelConfig(), f.name)) for f in dataclasses.fields(ModelConfig)}  # from the defaults
+    kinds = {name: type(value) for name, value in dataclasses.asdict(ModelConfig()).items()}  # from the defaults
     overrides: dict[str, int | float | str] = {}
     for spec in specs:
         name, _, value = spec.partition("=")
