@@ -47,7 +47,9 @@ block is a header ``NAME: SHAPE ...`` (shapes of its data inputs), one line per 
 * ``mN``: multiply-accumulates of a Conv or Gemm at batch 1, to two significant digits
   (``m790k``, ``m1.2M``): a node's cost without multiplying its shapes out. Latency is close to
   a sum of such costs on many devices, and a small model reads a number more easily than it
-  learns the product of a kernel, two shapes and a group.
+  learns the product of a kernel, two shapes and a group. A block's ``out`` line carries the
+  block's total, calls included, to three significant digits (``out m51.2M`` ends ``main``): a
+  latency that is a sum of layer costs is then one number to read, not 60 to add up.
 * ``> SHAPE``: output shapes, omitted when a single output has the type of the first data input.
   The batch (leading) dimension of every tensor of rank >= 2 is dropped; an unknown dimension
   is ``?``; a type other than float32 is appended as ``:i64``, ``:f16``, ...
@@ -61,7 +63,7 @@ BN, add), pooling and a classifier::
     Conv k1 m66k
     BN
     Add 1 5
-    out
+    out m139k
     main: 3x32x32
     Conv k3 p1 m220k > 8x32x32
     F0
@@ -70,7 +72,7 @@ BN, add), pooling and a classifier::
     GAP > 8x1x1
     Flatten > 8
     Gemm transB=1 m80 w > 10
-    out
+    out m500k
 
 Shapes inside a function body come from ONNX shape inference on the body with the input types of
 the call (``onnx.shape_inference`` does not fill function bodies itself); a function called with
@@ -100,7 +102,8 @@ from onnx import AttributeProto, helper, numpy_helper, shape_inference
 # model, but its predictions are off until it is fine-tuned or retrained.
 # 1: const and dead marks (checkpoints without a recorded version are read as 1).
 # 2: Conv and Gemm lines carry their multiply-accumulates (``mN``).
-TEXT_VERSION = 2
+# 3: ``out`` lines carry their block's total multiply-accumulates.
+TEXT_VERSION = 3
 
 #: Type of a value: (ONNX elem_type, dims), dims None when the rank is unknown, a dim None when unknown.
 _Type = tuple[int, "tuple[int | None, ...] | None"]
@@ -383,6 +386,7 @@ class _Spec:
     body_hash: str | None = None  # set once rendered
     #: per output, the indices of the body's data inputs it depends on (set once rendered)
     out_deps: list[frozenset[int]] = field(default_factory=list)
+    macs: float = 0.0  # the body's multiply-accumulates, calls included (set once rendered)
 
 
 class _Renderer:
@@ -553,15 +557,16 @@ class _Renderer:
             data = [f for f, d in zip(fn.input, spec.is_data) if d]
             consts = {f: None for f, d in zip(fn.input, spec.is_data) if not d}
             body = _Scope(data, list(fn.node), list(fn.output), spec.types, consts, spec.opsets)
-            text, spec.out_deps = self._render_scope(body)
+            text, spec.out_deps, spec.macs = self._render_scope(body)
             text = self._header(body) + text
             spec.body_hash = _hash(text)
             self.bodies.setdefault(spec.body_hash, text)
         return spec
 
     # --- one graph or body -----------------------------------------------------------------------
-    def _render_scope(self, scope: _Scope) -> tuple[str, list[frozenset[int]]]:
-        """The scope's lines, and per output the indices of the data inputs it depends on."""
+    def _render_scope(self, scope: _Scope) -> tuple[str, list[frozenset[int]], float]:
+        """The scope's lines, per output the indices of the data inputs it depends on, and the
+        scope's multiply-accumulates (its Conv and Gemm nodes' and its calls' bodies')."""
         types, consts = scope.types, scope.consts
         nodes: list[onnx.NodeProto] = []
         for node in scope.nodes:
@@ -579,6 +584,7 @@ class _Renderer:
                 producer[out] = (i, k)
 
         heads, ins, outs, shapes, deps = [], [], [], [], []
+        total = 0.0
         calls: dict[int, _Spec] = {}
         zeroed = set()  # nodes that multiply by a constant zero
         for i, node in enumerate(nodes):
@@ -588,6 +594,7 @@ class _Renderer:
             if fn is not None:
                 spec = calls[i] = self._call_op(fn, node, types, consts)
                 op, keep = f"{_CALL}{spec.body_hash}{_CALL}", spec.is_data
+                total += spec.macs
             elif std:
                 op = _OP_ABBREV.get(node.op_type, node.op_type)
             else:
@@ -623,7 +630,8 @@ class _Renderer:
             shape = " ".join(_fmt_type(types.get(o)) for o in out)
             attrs = _fmt_attrs(node, scope.opsets.get(node.domain or "", 0))
             macs = _macs(node, types) if std else None
-            heads.append(" ".join([op, *attrs, *([f"m{macs}"] if macs else [])]))
+            total += macs or 0.0
+            heads.append(" ".join([op, *attrs, *([f"m{_fmt_macs(macs, 2)}"] if macs else [])]))
             ins.append(toks)
             outs.append(len(out))
             # The output shape is left out when it repeats the first input's (Relu, BN, ...).
@@ -746,21 +754,25 @@ class _Renderer:
             ref = producer.get(name)
             out_tokens.append(count - start[ref[0]] - ref[1] if ref else _literal(consts.get(name)) or "w")
         refs = _refs(out_tokens)
-        lines.append(f"out {refs}" if refs else "out")
+        lines.append(" ".join(["out", *([refs] if refs else []), *([f"m{_fmt_macs(total, 3)}"] if total else [])]))
         out_deps = [dep(producer[name]) if name in producer else frozenset() for name in scope.outputs]
-        return "\n".join(lines), out_deps
+        return "\n".join(lines), out_deps, total
 
 
-def _macs(node: onnx.NodeProto, types: _Types) -> str | None:
-    """Multiply-accumulates of a Conv or Gemm at batch 1, to two significant digits (``1.8M``)."""
+def _macs(node: onnx.NodeProto, types: _Types) -> float | None:
+    """Multiply-accumulates of a Conv or Gemm at batch 1 (None for other nodes or unknown shapes)."""
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or not node.output:
         return None
     w, out = types.get(node.input[1]), types.get(node.output[0])
     if not w or not out or w[1] is None or out[1] is None or None in w[1] or None in out[1]:
         return None
     # Conv: every output element sums over one filter (C_in / group x kernel); Gemm: the weight.
-    macs = float(np.prod(out[1][1:]) * np.prod(w[1][1:]) if node.op_type == "Conv" else np.prod(w[1]))
-    macs = float(f"{macs:.2g}")
+    return float(np.prod(out[1][1:]) * np.prod(w[1][1:]) if node.op_type == "Conv" else np.prod(w[1]))
+
+
+def _fmt_macs(macs: float, digits: int) -> str:
+    """``macs`` to ``digits`` significant digits with a unit: ``1.8M``, ``790k``."""
+    macs = float(f"{macs:.{digits}g}")
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if macs >= scale:
             return f"{macs / scale:g}{unit}"

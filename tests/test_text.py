@@ -133,7 +133,7 @@ def test_hand_made_model_exact_text():
         "Relu 3\n"  # first data input (a): 3 values back from here
         "Conv k3 p1 g8 m4.6k\n"  # weight implied by k3, g8 and the shapes; m: 8x8x8 outputs x 3x3 MACs
         "Sub 1 3\n"  # Sub(left, right): input order kept
-        "out\n"
+        "out m4.61k\n"  # the body's MACs, three digits
         "main: 3x8x8\n"
         "Conv k3 p1 m14k > 8x8x8\n"  # 8x8x8 x 3x3x3 = 13,824 MACs, two digits
         "F0 1 1\n"
@@ -141,7 +141,7 @@ def test_hand_made_model_exact_text():
         "GAP > 8x1x1\n"
         "Reshape c[1,8] > 8\n"  # small int constant printed by value; batch dim dropped
         "Gemm transB=1 m80 w > 10\n"  # the bias is optional, so it is written
-        "out\n"
+        "out m23.1k\n"  # the network's MACs, calls included: 13,824 + 2 x 4,608 + 80
     )
 
 
@@ -154,7 +154,7 @@ def test_torch_exported_model():
     torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), buf, dynamo=False)
     text = onnx_to_text(buf.getvalue())
     lines = text.splitlines()
-    assert lines[0] == "main: 3x32x32" and lines[-1] == "out"
+    assert lines[0] == "main: 3x32x32" and lines[-1] == "out m258k"  # 221,184 + 36,864 + 160 MACs
     # The exporter folds BN into the conv (eval mode): the conv gets a bias.
     assert "Conv k3 p1 m220k w > 8x32x32" in lines
     assert "Conv k3 s2 p1 g8 m37k w > 16x16x16" in lines
