@@ -96,13 +96,15 @@ def card(runs: list[Path], command: str, wall: str, peak_mem: str, encoder: str,
                    f"the best, {m['best']['mean_spearman']:.3f}, was step {m['best']['step']}'s)")
     rows = sorted(rows, key=lambda r: (r["space"], r["metric"]))
     split = m["split"]
-    # A later training stage (--init, --holdout) validates on the first stage's architectures, so
-    # neither stage ever trained on them.
-    validation = (f"validation architectures: the first stage's (`--holdout`), never trained on by either stage"
+    # A later training stage (--init, --holdout) validates on an earlier stage's or run's
+    # architectures, so no stage ever trained on them.
+    validation = ("the architectures that `--holdout` named (an earlier stage's or run's validation set), never trained on"
                   if split.get("holdout") else f"validation fraction {split['val_fraction']} per space, seed {split['seed']}")
     if len(runs) > 1:  # later members train with --holdout of the first: one validation set, never trained on
         validation = (f"validation architectures: the first member's ({validation}); the other members held them out "
                       "(`--holdout`), so no member trained on them")
+    elif split.get("holdout"):
+        validation = f"validation architectures: {validation}"
     what = (f"An ensemble of {len(runs)} independently trained encoder-decoder regression language models (each "
             if len(runs) > 1 else "An encoder-decoder regression language model (")
     lines = [
