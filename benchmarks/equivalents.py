@@ -37,11 +37,8 @@ def main(argv=None) -> int:
     from scipy.stats import kendalltau, spearmanr
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
-    add_validation_args(p)
+    add_validation_args(p, "equivalents")
     p.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="equivalent genotypes compared")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "equivalents.md"), help="markdown report; JSON beside it")
     args = p.parse_args(argv)
     if min(args.counts) < 1:
         p.error(f"--counts must be >= 1, got {args.counts}")

@@ -34,12 +34,9 @@ from sample_count import add_validation_args, archs_by_space, run_split, write_r
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
-    add_validation_args(p)
+    add_validation_args(p, "fit_gap")
     p.add_argument("--train-archs", type=int, default=1000, help="training architectures scored per space (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the draw of training architectures")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fit_gap.md"), help="markdown report; JSON beside it")
     args = p.parse_args(argv)
     if args.train_archs < 3:
         p.error(f"--train-archs must be >= 3 (a Spearman needs 3 points), got {args.train_archs}")

@@ -39,8 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from predictor_quality import TASKS, load_labels  # noqa: E402  (the quality benchmark's tasks and labels)
 
 
-def add_validation_args(p: argparse.ArgumentParser) -> None:
-    """The arguments of a training run that rebuild its validation split (defaults: the default's run)."""
+def add_validation_args(p: argparse.ArgumentParser, report: str) -> None:
+    """``--checkpoint``; the arguments of the checkpoint's training run that rebuild that run's
+    validation split (defaults: the default's run); ``--threads``; ``--out`` (``results/{report}.md``)."""
+    p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{report}.md"), help="markdown report; JSON beside it")
     p.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data"), str(ROOT / "measurements")],
                    help="the run's training folders (default: %(default)s)")
     p.add_argument("--exclude", default=str(ROOT / "benchmarks" / "test_split.json"), help="the run's --exclude")
@@ -94,12 +98,9 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="default", help="RLM checkpoint folder, or 'default'")
-    add_validation_args(p)
+    add_validation_args(p, "sample_count")
     p.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32, 64], help="sample counts compared")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sample_count.md"), help="markdown report; JSON beside it")
     args = p.parse_args(argv)
     if min(args.counts) < 1:
         p.error(f"--counts must be >= 1, got {args.counts}")
