@@ -263,7 +263,10 @@ class RLM:
             raise ValueError(f"{op}: need at least two RLMs, got {len(rlms)} ({', '.join(type(r).__name__ for r in rlms)})")
         first = rlms[0]
         for i, r in enumerate(rlms[1:], 1):
-            for what, mine, theirs in (("model config", r.config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
+            # Dropout acts only in training: runs that differ in it alone predict alike, so they join
+            # (the result keeps the first's, for whoever fine-tunes it).
+            config = dataclasses.replace(r.config, dropout=first.config.dropout)
+            for what, mine, theirs in (("model config", config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
                                        ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
                 if mine != theirs:
                     raise ValueError(f"{op}: {noun} #{i}'s {what} differs from {noun} #0's; {hint}")
@@ -283,6 +286,12 @@ class RLM:
     def member_modules(self) -> list[RLMModule]:
         """The :class:`RLMModule` s that predict: one, or an ensemble's members."""
         return list(self.module.members) if isinstance(self.module, EnsembleModule) else [self.module]
+
+    @property
+    def members(self) -> list["RLM"]:
+        """Each member as a model of its own (copies; a single model gives itself): e.g. to keep one
+        run of an ensemble and retrain the other, ``RLM.ensemble([retrained, old.members[1]])``."""
+        return [self._joined([self], copy.deepcopy(m)) for m in self.member_modules]
 
     # --- metrics and known pairs ------------------------------------------------------------
     @property

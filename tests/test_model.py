@@ -381,6 +381,19 @@ def test_ensemble_members_must_share_tokenizer_and_metrics(rlm, tok, data):
         RLM.ensemble([rlm, RLM.create(make_config("tiny"), other_tok, METRICS, seed=1)])
 
 
+def test_an_ensemble_comes_apart_into_its_members_and_joins_runs_that_differ_in_dropout_alone(rlm, tok, data):
+    other = RLM.create(make_config("tiny", dropout=0.1), tok, METRICS, seed=1)  # dropout acts in training only
+    other.register_pairs(rlm.known_pairs)
+    ens = RLM.ensemble([rlm, other])
+    texts = list(data)[:5]
+    for member, run in zip(ens.members, (rlm, other)):
+        assert member.module is not run.module and member.known_pairs == ens.known_pairs
+        np.testing.assert_array_equal(member.predict(texts, METRICS, num_samples=4).samples, run.predict(texts, METRICS, num_samples=4).samples)
+    assert [m.config for m in rlm.members] == [rlm.config]
+    with pytest.raises(ValueError, match="member #1's model config differs"):
+        RLM.ensemble([rlm, RLM.create(make_config("tiny", d_ff=64), tok, METRICS, seed=1)])
+
+
 def test_average_is_the_mean_of_the_weights_of_one_runs_checkpoints(rlm, tok, data):
     later = copy.deepcopy(rlm.module)  # a copy of rlm's weights, then one step on: a later checkpoint
     later_rlm = RLM(rlm.config, rlm.text_tokenizer, rlm.metrics, later)
