@@ -289,7 +289,7 @@ class RLM:
 
     @property
     def members(self) -> list["RLM"]:
-        """Each member as a model of its own (copies; a single model gives itself): e.g. to keep one
+        """Each member as a model of its own (copies; a single model gives a copy of itself): e.g. to keep one
         run of an ensemble and retrain the other, ``RLM.ensemble([retrained, old.members[1]])``."""
         return [self._joined([self], copy.deepcopy(m)) for m in self.member_modules]
 
