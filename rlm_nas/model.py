@@ -26,6 +26,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import ModernBertConfig, ModernBertModel, T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
@@ -48,6 +50,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
 N_NUM = len(NUMBER_VOCAB)  # decoder ids 0..12 are number tokens; metric j has id N_NUM + j
+PAD_MULTIPLE = 32  # a training batch's texts are padded to a multiple of this many tokens (RLM.make_batch)
 _NEG = torch.finfo(torch.float32).min  # additive mask value; finite, so fully masked rows give no NaN
 
 
@@ -98,6 +101,20 @@ def _encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     ))
 
 
+#: In training on a CPU, texts up to this many tokens (NB201's ~110) run the encoder's attention
+#: as plain matmuls and softmax: at NB201's length the backward of PyTorch's CPU flash-attention
+#: kernel made a training step ~25% slower (bf16, one thread, Xeon with AMX). At FBNet's ~280
+#: tokens and the cells' ~370, and in inference at any length, the flash kernel is the faster one.
+#: The choice made in the forward pass also fixes the backward's kernel.
+MATH_ATTENTION_MAX_TOKENS = 192
+
+
+def _attention_backend(input_ids: torch.Tensor, training: bool):
+    if training and input_ids.device.type == "cpu" and input_ids.shape[1] <= MATH_ATTENTION_MAX_TOKENS:
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()
+
+
 class RLMModule(nn.Module):
     """The torch module (what optimizers and DDP see). :class:`RLM` is the user-facing wrapper."""
 
@@ -119,7 +136,8 @@ class RLMModule(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Encoder states ``(N, L, d)`` and, per decoder layer, cross-attention ``(k, v, mask)``."""
-        enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with _attention_backend(input_ids, self.training):
+            enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         n, length, _ = enc.shape
         mask = torch.where(attention_mask.bool(), 0.0, _NEG).to(enc.dtype)[:, None, None, :]
         memory = []
@@ -383,8 +401,9 @@ class RLM:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(x) for x in ids)
+    def _pad(self, ids: list[list[int]], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(x) for x in ids)
+        width = min(-(-longest // multiple) * multiple, max(longest, self.config.max_input_tokens))
         out = np.full((len(ids), width), PAD_ID, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for i, x in enumerate(ids):
@@ -428,7 +447,9 @@ class RLM:
                     raise ValueError(f"architecture #{i}, metric {m!r}: {err}") from None
                 dec_in[i, r] = [self._metric_ids([m])[0]] + toks[:-1]
                 labels[i, r] = toks
-        ids, mask = self._pad(self._tokenize(texts))
+        # Widths rounded up so that batches share a few shapes: oneDNN caches its kernels per shape,
+        # and a new width each batch made it build new ones (a training step ~9% slower on a CPU).
+        ids, mask = self._pad(self._tokenize(texts), PAD_MULTIPLE)
         dev = self.device
         return {
             "input_ids": ids,
