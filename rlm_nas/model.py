@@ -93,7 +93,7 @@ def _encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
         # The usual 10,000: ModernBERT's 160,000 is for 8K-token contexts.
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
         embedding_dropout=cfg.dropout,
-        attention_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
         mlp_dropout=cfg.dropout,
         pad_token_id=PAD_ID,
         bos_token_id=None, eos_token_id=None, cls_token_id=None, sep_token_id=None,
@@ -161,7 +161,7 @@ class RLMModule(nn.Module):
         bias = self.decoder.block[0].layer[0].SelfAttention.compute_bias(end, end, device=h.device)
         causal = torch.ones(end, end, dtype=torch.bool, device=h.device).triu(1)
         bias = bias.masked_fill(causal, _NEG)[:, :, start:end, :]
-        p = cfg.dropout if self.training else 0.0
+        p = cfg.attention_dropout if self.training else 0.0
         new_cache = []
         for i, block in enumerate(self.decoder.block):
             sa, ca, ff = block.layer
@@ -283,7 +283,7 @@ class RLM:
         for i, r in enumerate(rlms[1:], 1):
             # Dropout acts only in training: runs that differ in it alone predict alike, so they join
             # (the result keeps the first's, for whoever fine-tunes it).
-            config = dataclasses.replace(r.config, dropout=first.config.dropout)
+            config = dataclasses.replace(r.config, dropout=first.config.dropout, attention_dropout=first.config.attention_dropout)
             for what, mine, theirs in (("model config", config, first.config), ("text tokenizer", r.text_tokenizer, first.text_tokenizer),
                                        ("metrics", r.metrics, first.metrics), ("calibration", r.calibration, first.calibration)):
                 if mine != theirs:

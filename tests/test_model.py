@@ -7,6 +7,7 @@ a minute on a shared 2-core CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import random
@@ -16,8 +17,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from rlm_nas.config import ENCODERS, make_config
-from rlm_nas.model import N_NUM, RLM, CheckpointError
+from rlm_nas.config import ENCODERS, ModelConfig, make_config
+from rlm_nas.model import N_NUM, RLM, CheckpointError, RLMModule
 from rlm_nas.tokenizers import TextTokenizer
 from rlm_nas.tokenizers.number import MINUS
 from tests.rlm_fixtures import tiny_checkpoint, tiny_rlm  # noqa: F401  (pytest fixtures)
@@ -207,6 +208,21 @@ def test_configs_without_an_encoder_field_load_as_t5(tok, data, tmp_path):
     assert loaded.config.encoder == "t5"
     texts = list(data)[:6]
     assert np.array_equal(rlm.predict(texts, METRICS, seed=7).samples, loaded.predict(texts, METRICS, seed=7).samples)
+
+
+def test_attention_dropout_is_its_own_field_and_older_checkpoints_keep_theirs():
+    """``dropout`` no longer covers attention (its CPU cost); checkpoints saved before the split
+    trained with attention dropout equal to ``dropout``, and a fine-tune of them keeps it."""
+    cfg = make_config("tiny", dropout=0.1)
+    assert (cfg.dropout, cfg.attention_dropout) == (0.1, 0.0)
+    module = RLMModule(cfg, 64, 2)
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in module.encoder.modules())
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in module.encoder.modules())
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "attention_dropout"}
+    assert ModelConfig.from_saved(old).attention_dropout == 0.1
+    assert ModelConfig.from_saved(dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(ValueError, match=r"ModelConfig.attention_dropout must be a float in \[0, 1\), got 1.0"):
+        make_config("tiny", attention_dropout=1.0)
 
 
 def test_a_checkpoint_of_another_text_version_warns(rlm, tmp_path):
