@@ -32,8 +32,9 @@ class ModelConfig:
     dropout: float = 0.0
     #: Dropout inside attention (its probabilities and, in the encoder, its output projection). Kept
     #: apart from ``dropout`` for its cost on a CPU: a dropped attention matrix cannot use PyTorch's
-    #: flash kernel, and with ``dropout=0.1`` it made a training step 1.7x as long (hidden states
-    #: alone: 1.2x; the default's data mix, bf16, Xeon with AMX).
+    #: flash kernel, and at 0.1 with ``dropout=0.1`` a training step took 1.9x as long as without
+    #: dropout, hidden-state dropout alone 1.26x (``benchmarks/train_step_speed.py``: the default's
+    #: data mix, bf16, Xeon with AMX).
     attention_dropout: float = 0.0
     #: Longer inputs are truncated (with a warning): size it to the longest space's texts.
     max_input_tokens: int = 1024

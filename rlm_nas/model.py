@@ -103,8 +103,8 @@ def _encoder(cfg: ModelConfig, vocab_size: int) -> nn.Module:
 
 #: In training on a CPU, texts up to this many tokens (NB201's ~110) run the encoder's attention
 #: as plain matmuls and softmax: at NB201's length the backward of PyTorch's CPU flash-attention
-#: kernel made a training step ~25% slower (bf16, one thread, Xeon with AMX). At FBNet's ~280
-#: tokens and the cells' ~370, and in inference at any length, the flash kernel is the faster one.
+#: kernel made a training step a third slower (a batch of 8: 110 against 80 ms; bf16, one thread,
+#: Xeon with AMX). At FBNet's ~280 tokens and the cells' ~370, and in inference, flash is faster.
 #: The choice made in the forward pass also fixes the backward's kernel.
 MATH_ATTENTION_MAX_TOKENS = 192
 

@@ -210,6 +210,30 @@ def test_configs_without_an_encoder_field_load_as_t5(tok, data, tmp_path):
     assert np.array_equal(rlm.predict(texts, METRICS, seed=7).samples, loaded.predict(texts, METRICS, seed=7).samples)
 
 
+def test_the_training_step_settings_for_a_cpu_leave_the_loss_unchanged(rlm, data, monkeypatch):
+    """Padding training batches to a multiple of PAD_MULTIPLE and the math attention kernel for
+    short texts are for speed only: the loss is that of exact widths and the flash kernel."""
+    import rlm_nas.model as M
+
+    texts = list(data)[:8]
+    values = [list(v) for v in data.values()][:8]
+
+    def loss(pad_multiple: int, math_max: int):
+        monkeypatch.setattr(M, "PAD_MULTIPLE", pad_multiple)
+        monkeypatch.setattr(M, "MATH_ATTENTION_MAX_TOKENS", math_max)
+        batch = rlm.make_batch(texts, [METRICS] * len(texts), values)
+        assert batch["input_ids"].shape[1] % pad_multiple == 0
+        with torch.no_grad():
+            return rlm.module.train()(**batch).item(), batch["input_ids"].shape[1]
+
+    multiple, math_max = M.PAD_MULTIPLE, M.MATH_ATTENTION_MAX_TOKENS
+    (exact, width), (padded, padded_width) = loss(1, 0), loss(multiple, math_max)
+    assert width < padded_width == multiple * -(-width // multiple)
+    assert padded == pytest.approx(exact, rel=1e-5)
+    # Inference keeps exact widths.
+    assert rlm._pad(rlm._tokenize(texts))[0].shape[1] == width
+
+
 def test_attention_dropout_is_its_own_field_and_older_checkpoints_keep_theirs():
     """``dropout`` no longer covers attention (its CPU cost); checkpoints saved before the split
     trained with attention dropout equal to ``dropout``, and a fine-tune of them keeps it."""
