@@ -29,6 +29,7 @@ class ModelConfig:
     heads: int = 4
     d_ff: int = 512
     #: Dropout on hidden states (embeddings, feed-forward and residual branches), in training only.
+    #: The legacy ``t5`` encoder has no separate setting: it drops its attention with this too.
     dropout: float = 0.0
     #: Dropout inside attention (its probabilities and, in the encoder, its output projection). Kept
     #: apart from ``dropout`` for its cost on a CPU: a dropped attention matrix cannot use PyTorch's
