@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     def model_for(setting: str) -> RLM:
         if "dropout" not in setting:
-            return RLM.from_pretrained(args.checkpoint).members[0]  # the same start for each
+            return loaded.members[0]  # `members` copies: each setting starts from the same weights
         cfg = dataclasses.replace(single.config, dropout=0.1, attention_dropout=0.1 if "attention" in setting else 0.0)
         return RLM.create(cfg, single.text_tokenizer, metrics)
 
